@@ -1,0 +1,157 @@
+"""Pipeline definitions: TOML files (``pipelines/*.toml``) and command-line overrides, validated strictly.
+
+A file has top-level ``sources`` and ``output_dir`` plus one table per stage kind::
+
+    sources = ["clip.mp4"]
+    output_dir = "out"
+    [source]   stride, target_fps, max_frames
+    [model]    backend and every field of ModelOptions
+    [graph]    queue_size, policy
+    [sinks]    video, detections, coco, codec, preset, crf
+
+Unknown keys and wrong types are errors that name the key, the file and what was expected: a typo must never
+silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from streamseg.errors import ConfigError
+from streamseg.models.backend import ModelOptions
+
+GRAPH_POLICIES = ("block", "drop_oldest")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    stride: int = 1
+    """Keep every k-th frame."""
+    target_fps: float | None = None
+    """Keep frames so that about this many per second remain (decided from frame times, so VFR works)."""
+    max_frames: int | None = None
+
+    def __post_init__(self):
+        if self.stride < 1:
+            raise ConfigError(f"source.stride: expected >= 1, got {self.stride}")
+        if self.target_fps is not None and self.target_fps <= 0:
+            raise ConfigError(f"source.target_fps: expected > 0, got {self.target_fps}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"source.max_frames: expected >= 1, got {self.max_frames}")
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    queue_size: int = 4
+    """Capacity of each queue between stages: bounds memory and latency."""
+    policy: str = "block"
+    """``block`` (files: lossless, backpressure) or ``drop_oldest`` (live: freshest frame wins, drops counted)."""
+
+    def __post_init__(self):
+        if self.policy not in GRAPH_POLICIES:
+            raise ConfigError(f"graph.policy: expected one of {GRAPH_POLICIES}, got {self.policy!r}")
+        if self.queue_size < 1:
+            raise ConfigError(f"graph.queue_size: expected >= 1, got {self.queue_size}")
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    video: bool = True
+    """Annotated video (h264 mp4)."""
+    detections: bool = True
+    """Detections as JSON Lines, one record per frame."""
+    coco: bool = True
+    """COCO results JSON, for image sources only."""
+    codec: str = "libx264"
+    preset: str = "veryfast"
+    crf: int = 23
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    sources: tuple[str, ...] = ()
+    output_dir: str = "out"
+    backend: str = "torch"
+    source: SourceOptions = field(default_factory=SourceOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    graph: GraphOptions = field(default_factory=GraphOptions)
+    sinks: SinkOptions = field(default_factory=SinkOptions)
+
+
+SECTIONS = {"source": SourceOptions, "model": ModelOptions, "graph": GraphOptions, "sinks": SinkOptions}
+
+
+def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Read a pipeline file and apply ``overrides`` (``{"model.min_size": 512, "sources": [...]}``)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline file not found: {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    base = Path(path).parent
+    if "sources" in raw and isinstance(raw["sources"], list):
+        # Relative paths in a pipeline file are relative to the file, like includes in any config format.
+        raw["sources"] = [s if "://" in s or Path(s).is_absolute() else str(base / s) for s in raw["sources"]]
+    return build_config(raw, overrides, origin=str(path))
+
+
+def build_config(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, origin: str = "config") -> PipelineConfig:
+    """Validate a nested mapping (as parsed from TOML) plus dotted overrides into a :class:`PipelineConfig`."""
+    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.rpartition(".")
+        if section:
+            merged.setdefault(section, {})[key] = value
+        else:
+            merged[key] = value
+    top_fields = typing.get_type_hints(PipelineConfig)
+    unknown = sorted(set(merged) - set(top_fields))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key {unknown[0]!r} (known: {', '.join(top_fields)})")
+    values: dict[str, Any] = {}
+    for name, value in merged.items():
+        if name in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{origin}: [{name}] must be a table, got {type(value).__name__}")
+            values[name] = _build_section(SECTIONS[name], value, name, origin)
+        else:
+            values[name] = _coerce(value, top_fields[name], name, origin)
+    return PipelineConfig(**values)
+
+
+def _build_section(cls, table: Mapping[str, Any], section: str, origin: str):
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(table) - set(hints))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key '{section}.{unknown[0]}' (known: {', '.join(hints)})")
+    return cls(**{k: _coerce(v, hints[k], f"{section}.{k}", origin) for k, v in table.items()})
+
+
+def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
+    """Check ``value`` against a simple type hint (bool, int, float, str, tuple[str, ...], X | None)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, args[0]) for v in value):
+            raise ConfigError(f"{origin}: {key}: expected a list of {args[0].__name__}, got {value!r}")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{origin}: {key}: expected {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,36 @@
+"""Errors a user can cause and fix.
+
+Every class subclasses both :class:`StreamsegError` (so the CLI turns it into a one-line message and a non-zero
+exit) and the builtin it refines (so callers that catch ``ValueError`` or ``OSError`` keep working).
+"""
+
+from __future__ import annotations
+
+
+class StreamsegError(Exception):
+    """Base of every error streamseg raises on purpose. ``str(err)`` is a complete one-line message."""
+
+
+class ConfigError(StreamsegError, ValueError):
+    """A pipeline file or option is wrong: unknown key, bad type, value out of range."""
+
+
+class SourceError(StreamsegError, OSError):
+    """A source cannot be opened or read: missing file, not a video, empty folder, broken stream."""
+
+
+class WeightsError(StreamsegError, FileNotFoundError):
+    """Model weights are missing or do not fit the requested architecture."""
+
+
+class StageError(StreamsegError, RuntimeError):
+    """An exception inside a graph stage, re-raised in the caller with the stage it came from.
+
+    The original exception is kept as ``__cause__`` and as :attr:`original`.
+    """
+
+    def __init__(self, stage: str, original: BaseException):
+        self.stage = stage
+        self.original = original
+        detail = str(original) if isinstance(original, StreamsegError) else f"{type(original).__name__}: {original}"
+        super().__init__(f"stage '{stage}' failed: {detail}")

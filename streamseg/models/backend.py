@@ -1,0 +1,66 @@
+"""The interface every inference backend implements (PyTorch now; ONNX Runtime and TensorRT later)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from streamseg.errors import ConfigError
+from streamseg.types import Detections, Frame
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to build and run a detector. Every field has a default that works offline on a CPU."""
+
+    arch: str = "auto"
+    """Architecture name (see ``streamseg.models.ARCHITECTURES``) or "auto" to read it from the checkpoint."""
+    weights: str | None = None
+    """Checkpoint path, ``random[:SEED]`` for an untrained seeded model, or None to look in the usual places."""
+    min_size: int = 800
+    max_size: int = 1333
+    """Resize policy (torchvision's): shorter side to ``min_size`` unless the longer side would pass ``max_size``."""
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    classes: tuple[str, ...] = ()
+    """Keep only these class names (empty: keep all)."""
+    max_detections: int = 100
+    rpn_post_nms_top_n: int = 1000
+    batch_size: int = 1
+    """Frames per forward pass."""
+    device: str = "cpu"
+    fp16: bool = False
+    """Half precision autocast; CUDA only."""
+
+    def __post_init__(self):
+        checks = {
+            "min_size": self.min_size > 0,
+            "max_size": self.max_size >= self.min_size,
+            "score_threshold": 0.0 <= self.score_threshold <= 1.0,
+            "mask_threshold": 0.0 < self.mask_threshold < 1.0,
+            "max_detections": self.max_detections > 0,
+            "rpn_post_nms_top_n": self.rpn_post_nms_top_n > 0,
+            "batch_size": self.batch_size > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"model.{name}: invalid value {getattr(self, name)!r}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"model.device: expected 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.fp16 and not self.device.startswith("cuda"):
+            raise ConfigError("model.fp16: half precision needs device='cuda' (it is ~100x slower on this CPU)")
+
+
+class Backend(Protocol):
+    """Frames in, detections out.
+
+    ``predict`` returns one :class:`Detections` per frame, in order: boxes in the frame's own pixel coordinates,
+    scores, labels indexing ``class_names``, and masks as :class:`~streamseg.types.InstanceMasks`.
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+
+    def predict(self, frames: Sequence[Frame]) -> list[Detections]: ...
+
+    def close(self) -> None: ...

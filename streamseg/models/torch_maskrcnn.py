@@ -1,0 +1,236 @@
+"""torchvision's Mask R-CNN run eagerly in PyTorch.
+
+The forward pass is torchvision's own (transform -> backbone -> RPN -> RoI heads), composed here so that the last
+step differs: torchvision pastes every 28x28 mask into a full-frame float tensor (100 instances at 720p is ~370 MB),
+while we paste each mask only over its own box with the same arithmetic, so the pixels are identical and memory
+follows object size.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection import (
+    MaskRCNN_ResNet50_FPN_V2_Weights,
+    MaskRCNN_ResNet50_FPN_Weights,
+    maskrcnn_resnet50_fpn,
+    maskrcnn_resnet50_fpn_v2,
+)
+from torchvision.models.detection.transform import resize_boxes
+
+from streamseg.errors import ConfigError, WeightsError
+from streamseg.models.backend import ModelOptions
+from streamseg.models.weights import Checkpoint, find_weights, load_checkpoint
+from streamseg.types import Detections, Frame, InstanceMasks
+
+log = logging.getLogger(__name__)
+
+COCO_CLASS_NAMES: tuple[str, ...] = tuple(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    build: Callable[..., torch.nn.Module]
+    """``build(num_classes=..., **torchvision_kwargs)`` returns an untrained model."""
+    coco_url: str | None
+    signature: str
+    """A state-dict key only this architecture has; how "auto" tells checkpoints apart."""
+
+
+def _torchvision_builder(fn):
+    def build(num_classes: int, **kwargs):
+        return fn(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+
+    return build
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture(
+            "maskrcnn_resnet50_fpn", _torchvision_builder(maskrcnn_resnet50_fpn),
+            MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url, "roi_heads.box_head.fc6.weight",
+        ),
+        Architecture(
+            "maskrcnn_resnet50_fpn_v2", _torchvision_builder(maskrcnn_resnet50_fpn_v2),
+            MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1.url, "roi_heads.box_head.0.0.weight",
+        ),
+    )
+}
+ALIASES = {"v1": "maskrcnn_resnet50_fpn", "v2": "maskrcnn_resnet50_fpn_v2"}
+
+
+def resolve_arch(name: str, checkpoint: Checkpoint | None = None) -> Architecture:
+    """Map a name, an alias or "auto" (the checkpoint's recorded arch, else its key signature) to an architecture."""
+    name = ALIASES.get(name, name)
+    if name == "auto":
+        if checkpoint is None:
+            return ARCHITECTURES["maskrcnn_resnet50_fpn"]
+        if checkpoint.arch:
+            name = checkpoint.arch
+        else:
+            for arch in ARCHITECTURES.values():
+                if arch.signature in checkpoint.state_dict:
+                    return arch
+            raise WeightsError(f"{checkpoint.origin}: cannot tell its architecture; pass --arch")
+    if name not in ARCHITECTURES:
+        known = ", ".join(sorted([*ARCHITECTURES, *ALIASES]))
+        raise ConfigError(f"model.arch: unknown architecture {name!r} (known: auto, {known})")
+    return ARCHITECTURES[name]
+
+
+def seeded_random_checkpoint(arch: Architecture, seed: int, num_classes: int = 91) -> Checkpoint:
+    """An untrained model's weights, reproducible from ``seed``: for tests and benchmarks, never for results."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = arch.build(num_classes=num_classes)
+    return Checkpoint(model.state_dict(), arch.name, COCO_CLASS_NAMES if num_classes == 91 else (), origin=f"random:{seed}")
+
+
+def obtain_checkpoint(options: ModelOptions) -> Checkpoint:
+    """Load the checkpoint ``options`` point at (see :mod:`streamseg.models.weights` for the search order)."""
+    match = re.fullmatch(r"random(?::(\d+))?", options.weights or "")
+    if match:
+        log.warning("using an UNTRAINED seeded random model (%s): detections are meaningless", options.weights)
+        return seeded_random_checkpoint(resolve_arch(options.arch), int(match.group(1) or 0))
+    explicit = options.weights
+    arch_for_search = resolve_arch(options.arch) if options.arch != "auto" or not explicit else None
+    url = arch_for_search.coco_url if arch_for_search else None
+    return load_checkpoint(find_weights(explicit, options.arch, url))
+
+
+class TorchMaskRCNN:
+    """A torchvision Mask R-CNN behind the :class:`~streamseg.models.backend.Backend` interface.
+
+    >>> backend = TorchMaskRCNN(ModelOptions(weights="random:0", min_size=320))  # doctest: +SKIP
+    >>> [dets] = backend.predict([frame])  # doctest: +SKIP
+    """
+
+    name = "torch"
+
+    def __init__(self, options: ModelOptions = ModelOptions(), checkpoint: Checkpoint | None = None):
+        self.options = options
+        checkpoint = checkpoint or obtain_checkpoint(options)
+        self.arch = resolve_arch(options.arch, checkpoint)
+        num_classes = checkpoint.num_classes
+        self.class_names = checkpoint.class_names or (
+            COCO_CLASS_NAMES if num_classes == len(COCO_CLASS_NAMES) else
+            ("__background__", *(f"class_{i}" for i in range(1, num_classes)))
+        )
+        if len(self.class_names) != num_classes:
+            raise WeightsError(
+                f"{checkpoint.origin}: {len(self.class_names)} class names for {num_classes} classes"
+            )
+        self.keep_labels = self._labels_for(options.classes)
+        model = self.arch.build(
+            num_classes=num_classes,
+            min_size=options.min_size,
+            max_size=options.max_size,
+            box_score_thresh=options.score_threshold,
+            box_detections_per_img=options.max_detections,
+            rpn_post_nms_top_n_test=options.rpn_post_nms_top_n,
+        )
+        try:
+            model.load_state_dict(checkpoint.state_dict)
+        except RuntimeError as err:
+            summary = str(err).splitlines()[0] if str(err) else "mismatch"
+            raise WeightsError(f"{checkpoint.origin} does not fit {self.arch.name}: {summary}") from err
+        self.device = torch.device(options.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("model.device: 'cuda' requested but no CUDA device is available")
+        self.model = model.eval().to(self.device)
+        self.origin = checkpoint.origin
+
+    def _labels_for(self, classes: Sequence[str]) -> np.ndarray | None:
+        if not classes:
+            return None
+        unknown = [c for c in classes if c not in self.class_names]
+        if unknown:
+            raise ConfigError(f"model.classes: unknown class names {unknown} (model knows {list(self.class_names)})")
+        return np.array([self.class_names.index(c) for c in classes], dtype=np.int64)
+
+    @torch.inference_mode()
+    def predict(self, frames: Sequence[Frame]) -> list[Detections]:
+        if not frames:
+            return []
+        images = [self._to_tensor(f.image) for f in frames]
+        original_sizes = [(f.height, f.width) for f in frames]
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.options.fp16):
+            raw = self._forward(images)
+        return [self._to_detections(r, size) for r, size in zip(raw, original_sizes)]
+
+    def _forward(self, images: list[torch.Tensor]) -> list[dict]:
+        """torchvision's GeneralizedRCNN.forward for inference, minus its full-frame mask paste."""
+        m = self.model
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, _ = m.transform(images)
+        features = m.backbone(image_list.tensors)
+        proposals, _ = m.rpn(image_list, features)
+        detections, _ = m.roi_heads(features, proposals, image_list.image_sizes)
+        for det, input_size, original in zip(detections, image_list.image_sizes, original_sizes):
+            det["boxes"] = resize_boxes(det["boxes"], input_size, original)
+        return detections
+
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 HWC RGB -> float CHW in [0, 1] on the model's device (what torchvision's to_tensor gives)."""
+        tensor = torch.from_numpy(image).to(self.device, non_blocking=True)
+        return tensor.permute(2, 0, 1).float().div_(255.0)
+
+    def _to_detections(self, raw: dict, image_size: tuple[int, int]) -> Detections:
+        boxes, scores, labels = raw["boxes"].float(), raw["scores"].float(), raw["labels"]
+        probs = raw["masks"].float()
+        if self.keep_labels is not None:
+            keep = torch.from_numpy(np.isin(labels.cpu().numpy(), self.keep_labels)).to(boxes.device)
+            boxes, scores, labels, probs = boxes[keep], scores[keep], labels[keep], probs[keep]
+        masks = paste_masks_compact(probs[:, 0], boxes, image_size, self.options.mask_threshold)
+        return Detections(
+            boxes.cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy(), self.class_names, masks
+        )
+
+    def close(self) -> None:
+        """Release the model (and its GPU memory) now rather than when the garbage collector gets to it."""
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def paste_masks_compact(
+    probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.5, padding: int = 1
+) -> InstanceMasks:
+    """Paste ``(N, M, M)`` mask probabilities into their boxes and threshold them, keeping only the box crops.
+
+    Same arithmetic as torchvision's ``paste_masks_in_image`` (pad the M x M mask by one cell, grow the box by
+    (M+2)/M, truncate it to integers, bilinear resize to the integer box, clip to the image), so thresholding the
+    result gives exactly torchvision's pixels.
+    """
+    height, width = image_size
+    n = probs.shape[0]
+    if n == 0:
+        return InstanceMasks.empty(image_size)
+    m = probs.shape[-1]
+    scale = (m + 2 * padding) / m
+    padded = F.pad(probs, (padding,) * 4)
+    centers = (boxes[:, :2] + boxes[:, 2:]) * 0.5
+    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
+    grown = torch.cat([centers - half, centers + half], dim=1).to(torch.int64).tolist()
+    crops, origins = [], []
+    for i, (x0, y0, x1, y1) in enumerate(grown):
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        xs, ys = max(x0, 0), max(y0, 0)
+        xe, ye = min(x1 + 1, width), min(y1 + 1, height)
+        if xe <= xs or ye <= ys:
+            crops.append(np.zeros((0, 0), bool))
+            origins.append((min(xs, width), min(ys, height)))
+            continue
+        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        crop = resized[ys - y0 : ye - y0, xs - x0 : xe - x0] > threshold
+        crops.append(crop.cpu().numpy())
+        origins.append((xs, ys))
+    return InstanceMasks(crops, np.array(origins, np.int32), (height, width))
