@@ -2,9 +2,10 @@
 
 from streamseg.errors import ConfigError
 from streamseg.models.backend import Backend, ModelOptions
+from streamseg.models.null import NoDetections
 from streamseg.models.torch_maskrcnn import ARCHITECTURES, COCO_CLASS_NAMES, TorchMaskRCNN
 
-BACKENDS = {"torch": TorchMaskRCNN}
+BACKENDS = {"torch": TorchMaskRCNN, "none": NoDetections}
 
 
 def build_backend(options: ModelOptions, backend: str = "torch") -> Backend:
@@ -14,4 +15,4 @@ def build_backend(options: ModelOptions, backend: str = "torch") -> Backend:
     return BACKENDS[backend](options)
 
 
-__all__ = ["ARCHITECTURES", "Backend", "BACKENDS", "COCO_CLASS_NAMES", "ModelOptions", "TorchMaskRCNN", "build_backend"]
+__all__ = ["ARCHITECTURES", "Backend", "BACKENDS", "COCO_CLASS_NAMES", "ModelOptions", "NoDetections", "TorchMaskRCNN", "build_backend"]

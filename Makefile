@@ -1,0 +1,25 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11, pip):
+#   make demo   install into .venv, then run the main job offline
+#   make test   install into .venv, then run the test suite
+PY := .venv/bin/python
+EVALKIT ?= ../shared/evalkit
+
+.venv/.installed: pyproject.toml constraints.txt
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,onnx]'
+	touch $@
+
+install: .venv/.installed
+
+demo: .venv/.installed
+	.venv/bin/streamseg run $(EVALKIT)/videos/edge_cases/fire2.mp4 -o out/demo \
+		--weights random:0 --min-size 384 --rpn-top-n 300 --max-detections 20
+
+test: .venv/.installed
+	$(PY) -m pytest -q
+
+bench: .venv/.installed
+	$(PY) bench/bench_pipeline.py
+
+.PHONY: install demo test bench
