@@ -1,0 +1,1 @@
+"""Array operations shared by stages (mask encoding, geometry)."""
