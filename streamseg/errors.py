@@ -32,5 +32,6 @@ class StageError(StreamsegError, RuntimeError):
     def __init__(self, stage: str, original: BaseException):
         self.stage = stage
         self.original = original
-        detail = str(original) if isinstance(original, StreamsegError) else f"{type(original).__name__}: {original}"
+        text = (str(original).strip().splitlines() or [""])[0]  # one line: the CLI prints it as is
+        detail = text if isinstance(original, StreamsegError) else f"{type(original).__name__}: {text}"
         super().__init__(f"stage '{stage}' failed: {detail}")

@@ -1,0 +1,144 @@
+"""Command line: ``streamseg run`` and ``streamseg info``, thin over :mod:`streamseg.pipeline`.
+
+Exit codes: 0 success, 1 a user-facing error (one line on stderr), 2 bad command-line usage, 130 interrupted
+(outputs written so far are finalized first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from streamseg import __version__
+from streamseg.config import PipelineConfig, build_config, load_pipeline
+from streamseg.errors import StreamsegError
+
+log = logging.getLogger("streamseg")
+
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+# command-line flag -> dotted config key; flags left unset (None) do not override the pipeline file
+OVERRIDES = {
+    "output_dir": "output_dir",
+    "backend": "backend",
+    "weights": "model.weights",
+    "arch": "model.arch",
+    "device": "model.device",
+    "fp16": "model.fp16",
+    "min_size": "model.min_size",
+    "max_size": "model.max_size",
+    "score_threshold": "model.score_threshold",
+    "classes": "model.classes",
+    "max_detections": "model.max_detections",
+    "rpn_top_n": "model.rpn_post_nms_top_n",
+    "batch_size": "model.batch_size",
+    "stride": "source.stride",
+    "target_fps": "source.target_fps",
+    "max_frames": "source.max_frames",
+    "queue_size": "graph.queue_size",
+    "video": "sinks.video",
+    "detections": "sinks.detections",
+    "preset": "sinks.preset",
+    "crf": "sinks.crf",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamseg", description="Video instance segmentation pipeline.")
+    parser.add_argument("--version", action="version", version=f"streamseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="segment videos or image folders into annotated video + detections")
+    run.add_argument("sources", nargs="*", help="video files, image folders or globs (default: the pipeline's)")
+    run.add_argument("-o", "--output-dir", help="output folder (default: out)")
+    run.add_argument("--pipeline", type=Path, help="pipeline definition (pipelines/*.toml); flags override it")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    model = run.add_argument_group("model")
+    model.add_argument("--backend", help="torch (default), or none: no model, for re-encoding and pipeline checks")
+    model.add_argument("--weights", help="checkpoint path, or random[:SEED] for an untrained model (tests only)")
+    model.add_argument("--arch", help="auto, v1 (maskrcnn_resnet50_fpn), v2 (maskrcnn_resnet50_fpn_v2)")
+    model.add_argument("--device", help="cpu or cuda[:N]")
+    model.add_argument("--fp16", action="store_true", default=None, help="half precision (CUDA only)")
+    model.add_argument("--min-size", type=int, help="resize shorter side to this (default 800)")
+    model.add_argument("--max-size", type=int, help="cap on the longer side (default 1333)")
+    model.add_argument("--score-threshold", type=float, help="drop detections below this score (default 0.5)")
+    model.add_argument("--classes", help="comma-separated class names to keep, e.g. person,car")
+    model.add_argument("--max-detections", type=int, help="per frame (default 100)")
+    model.add_argument("--rpn-top-n", type=int, help="RPN proposals kept after NMS (default 1000)")
+    model.add_argument("--batch-size", type=int, help="frames per forward pass (default 1)")
+    src = run.add_argument_group("source")
+    src.add_argument("--stride", type=int, help="keep every k-th frame")
+    src.add_argument("--target-fps", type=float, help="keep about this many frames per second")
+    src.add_argument("--max-frames", type=int, help="stop after this many frames per source")
+    src.add_argument("--queue-size", type=int, help="capacity of the queues between stages (default 4)")
+    out = run.add_argument_group("outputs")
+    out.add_argument("--no-video", dest="video", action="store_false", default=None, help="skip annotated video")
+    out.add_argument("--no-detections", dest="detections", action="store_false", default=None, help="skip JSONL")
+    out.add_argument("--preset", help="x264 preset (default veryfast)")
+    out.add_argument("--crf", type=int, help="x264 quality, lower is better (default 23)")
+
+    info = commands.add_parser("info", help="print container, streams, codec, size, fps, duration, rotation")
+    info.add_argument("sources", nargs="+")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items() if getattr(args, flag, None) is not None}
+    if args.sources:
+        overrides["sources"] = list(args.sources)
+    if args.pipeline is not None:
+        return load_pipeline(args.pipeline, overrides)
+    return build_config({}, overrides, origin="command line")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streamseg.pipeline import Runner  # heavy imports (torch) only for commands that need them
+
+    config = config_from_args(args)
+    if not config.sources:
+        raise StreamsegError("no sources: pass files or folders, or a --pipeline that lists them")
+    with Runner(config, progress=not args.no_progress) as runner:
+        for uri in config.sources:
+            run = runner.process(uri, handle_signals=True)
+            if run.report is not None:
+                print(run.report.table(), file=sys.stderr)
+            for kind, path in run.outputs.items():
+                log.info("%s: %s -> %s", run.source_id, kind, path)
+            if run.interrupted:
+                log.warning("interrupted: outputs hold the %d frames processed", run.frames_written)
+                return EXIT_INTERRUPTED
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from streamseg.sources import describe, format_description
+
+    for uri in args.sources:
+        print(format_description(describe(uri)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    command = {"run": cmd_run, "info": cmd_info}[args.command]
+    try:
+        return command(args)
+    except StreamsegError as err:
+        if args.verbose:
+            log.exception("failed")
+        print(f"streamseg: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("streamseg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""``streamseg info SOURCE``: what a media file (or image set) holds, without decoding more than a frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+from av.stream import Discard
+
+from streamseg.errors import SourceError
+from streamseg.sources.images import ImageFolderSource, is_image_input
+from streamseg.sources.video import clockwise, open_container
+
+
+def describe(uri: str) -> dict:
+    """Container and per-stream facts as JSON-ready values (None where unknown).
+
+    Media: ``{"uri", "container", "container_long_name", "duration" (s), "bit_rate" (bit/s), "streams": [...]}``;
+    every stream has ``index, type, codec, codec_long_name, time_base ("1/90000"), frames, duration, bit_rate``;
+    video adds ``width, height, upright_width, upright_height, rotation`` (degrees clockwise, read from the first
+    decoded frame), ``pix_fmt, avg_fps, r_fps``; audio adds ``sample_rate, channels``.
+    Images: ``{"uri", "container": "images", "images", "first", "width", "height"}``. Errors: SourceError.
+    """
+    if is_image_input(uri):
+        with ImageFolderSource(uri) as src:
+            info = src.info
+            return {"uri": uri, "container": "images", "images": len(src.paths), "first": src.paths[0].name,
+                    "width": info.width, "height": info.height}
+    path = Path(uri)
+    with open_container(path) as container:
+        try:
+            return {
+                "uri": str(path),
+                "container": container.format.name,
+                "container_long_name": container.format.long_name,
+                "duration": container.duration / av.time_base if container.duration else None,
+                "bit_rate": container.bit_rate or None,
+                "streams": [_stream(path, s) for s in container.streams],
+            }
+        except av.FFmpegError as err:
+            raise SourceError(f"{path}: cannot describe ({err})") from err
+
+
+def _stream(path: Path, stream: av.stream.Stream) -> dict:
+    cc = stream.codec_context
+    out = {
+        "index": stream.index,
+        "type": stream.type,
+        "codec": cc.name if cc is not None else None,
+        "codec_long_name": cc.codec.long_name if cc is not None else None,
+        "time_base": str(stream.time_base) if stream.time_base else None,
+        "frames": stream.frames or None,
+        "duration": float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None,
+        "bit_rate": (cc.bit_rate if cc is not None else None) or None,
+    }
+    if stream.type == "video":
+        rotation = _rotation(path, stream.index)
+        turned = rotation is not None and rotation % 180 != 0
+        out.update(
+            width=cc.width,
+            height=cc.height,
+            upright_width=cc.height if turned else cc.width,
+            upright_height=cc.width if turned else cc.height,
+            rotation=rotation,
+            pix_fmt=cc.pix_fmt,
+            avg_fps=float(stream.average_rate) if stream.average_rate else None,
+            r_fps=float(stream.base_rate) if stream.base_rate else None,
+        )
+    elif stream.type == "audio":
+        out.update(sample_rate=cc.sample_rate, channels=cc.channels)
+    return out
+
+
+def _rotation(path: Path, index: int) -> int | None:
+    """Clockwise turn of the first frame of stream ``index``; None when no frame decodes. The display matrix
+    reaches PyAV on decoded frames, not on streams, hence a second, short-lived container."""
+    with av.open(str(path)) as container:
+        for other in container.streams:
+            other.discard = Discard.default if other.index == index else Discard.all
+        try:
+            for frame in container.decode(container.streams[index]):
+                return clockwise(frame)
+        except av.FFmpegError:
+            pass
+    return None
+
+
+def format_description(desc: dict) -> str:
+    """Human-readable lines for :func:`describe`'s dict."""
+    if desc.get("container") == "images":
+        return (f"{desc['uri']}\n  images: {desc['images']} (first {desc['first']}: "
+                f"{desc['width']}x{desc['height']})")
+    duration = f"{desc['duration']:.3f} s" if desc["duration"] is not None else "unknown"
+    bit_rate = f"{desc['bit_rate'] / 1000:.0f} kb/s" if desc["bit_rate"] else "unknown"
+    lines = [desc["uri"], f"  container: {desc['container']}, duration {duration}, bit rate {bit_rate}"]
+    for s in desc["streams"]:
+        line = f"  stream {s['index']}: {s['type']} {s['codec'] or '?'}"
+        if s["type"] == "video":
+            rotation = "unknown" if s["rotation"] is None else s["rotation"]
+            line += (f", {s['width']}x{s['height']} (upright {s['upright_width']}x{s['upright_height']},"
+                     f" rotation {rotation}), {s['pix_fmt']}, fps {_num(s['avg_fps'])} avg / {_num(s['r_fps'])} r")
+        elif s["type"] == "audio":
+            line += f", {s['sample_rate']} Hz, {s['channels']} channels"
+        frames = s["frames"] if s["frames"] is not None else "unknown"
+        line += f", time_base {s['time_base']}, frames {frames}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.6g}"
