@@ -201,7 +201,7 @@ def test_max_frames_stops_early_without_error(videos):
 
 
 def test_close_releases_the_file(videos):
-    path = str(videos / "driving/solidWhiteRight.mp4")
+    path = os.path.realpath(videos / "driving/solidWhiteRight.mp4")  # /proc/self/fd shows resolved paths
     with VideoFileSource(path) as src:
         assert path in open_files()
         for frame in src:
