@@ -14,7 +14,7 @@ install: .venv/.installed
 
 demo: .venv/.installed
 	.venv/bin/streamseg run $(EVALKIT)/videos/edge_cases/fire2.mp4 -o out/demo \
-		--weights random:0 --min-size 384 --rpn-top-n 300 --max-detections 20
+		--arch v1 --weights random:0 --min-size 384 --rpn-top-n 300 --max-detections 20
 
 test: .venv/.installed
 	$(PY) -m pytest -q

@@ -18,7 +18,7 @@ from streamseg.sinks import read_detections_jsonl
 
 STREAMSEG = [sys.executable, "-m", "streamseg.cli"]
 FAST_ENCODE = ["--preset", "ultrafast"]
-SMALL_MODEL = ["--weights", "random:0", "--min-size", "256", "--max-size", "448", "--rpn-top-n", "50",
+SMALL_MODEL = ["--arch", "v1", "--weights", "random:0", "--min-size", "256", "--max-size", "448", "--rpn-top-n", "50",
                "--max-detections", "10", "--score-threshold", "0.3"]
 
 CLIPS = [
@@ -181,7 +181,8 @@ def test_bad_input_gives_one_line_error(args, message, videos, tmp_path):
 def test_missing_weights_offline_names_the_file(videos, tmp_path):
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
     env.pop("STREAMSEG_WEIGHTS", None)
-    proc = subprocess.run([*STREAMSEG, "run", str(videos / "edge_cases" / "fire2.mp4"), "-o", str(tmp_path)],
+    proc = subprocess.run([*STREAMSEG, "run", str(videos / "edge_cases" / "fire2.mp4"), "-o", str(tmp_path),
+                           "--arch", "v1"],
                           capture_output=True, text=True, env=env, timeout=120)
     if proc.returncode == 0:
         pytest.skip("download.pytorch.org is reachable from this machine, so weights were downloaded")

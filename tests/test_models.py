@@ -140,7 +140,7 @@ def test_hub_cache_file_is_found(tmp_path, monkeypatch):
     cached = weights_mod.hub_cache_path(arch.coco_url)
     cached.parent.mkdir(parents=True)
     torch.save(seeded_random_checkpoint(arch, 5).state_dict, cached)  # torchvision's files are bare state dicts
-    backend = TorchMaskRCNN(ModelOptions(**FAST))
+    backend = TorchMaskRCNN(ModelOptions(arch="v1", **FAST))
     assert backend.origin == str(cached) and len(backend.class_names) == 91
 
 

@@ -16,16 +16,20 @@ class ModelOptions:
     arch: str = "auto"
     """Architecture name (see ``streamseg.models.ARCHITECTURES``) or "auto" to read it from the checkpoint."""
     weights: str | None = None
-    """Checkpoint path, ``random[:SEED]`` for an untrained seeded model, or None to look in the usual places."""
-    min_size: int = 800
-    max_size: int = 1333
-    """Resize policy (torchvision's): shorter side to ``min_size`` unless the longer side would pass ``max_size``."""
+    """Checkpoint path, ``random[:SEED]`` for an untrained seeded model, or None: the shipped demo model for
+    arch "auto", the usual places (``$STREAMSEG_WEIGHTS``, torch hub cache, download) for a named architecture."""
+    min_size: int | None = None
+    max_size: int | None = None
+    """Resize policy (torchvision's): shorter side to ``min_size`` unless the longer side would pass ``max_size``.
+    None: the architecture's own default (800/1333 for the COCO R50-FPN models, 360/640 for the demo model)."""
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     classes: tuple[str, ...] = ()
     """Keep only these class names (empty: keep all)."""
-    max_detections: int = 100
-    rpn_post_nms_top_n: int = 1000
+    max_detections: int | None = None
+    """None: the architecture's default (100 for COCO models, 30 for the demo model)."""
+    rpn_post_nms_top_n: int | None = None
+    """Proposals kept after the RPN's NMS; None: the architecture's default (1000, demo 200)."""
     batch_size: int = 1
     """Frames per forward pass."""
     device: str = "cpu"
@@ -34,12 +38,12 @@ class ModelOptions:
 
     def __post_init__(self):
         checks = {
-            "min_size": self.min_size > 0,
-            "max_size": self.max_size >= self.min_size,
+            "min_size": self.min_size is None or self.min_size > 0,
+            "max_size": self.max_size is None or self.max_size >= (self.min_size or 1),
             "score_threshold": 0.0 <= self.score_threshold <= 1.0,
             "mask_threshold": 0.0 < self.mask_threshold < 1.0,
-            "max_detections": self.max_detections > 0,
-            "rpn_post_nms_top_n": self.rpn_post_nms_top_n > 0,
+            "max_detections": self.max_detections is None or self.max_detections > 0,
+            "rpn_post_nms_top_n": self.rpn_post_nms_top_n is None or self.rpn_post_nms_top_n > 0,
             "batch_size": self.batch_size > 0,
         }
         for name, ok in checks.items():

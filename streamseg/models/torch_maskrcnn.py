@@ -9,6 +9,7 @@ follows object size.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -26,7 +27,8 @@ from torchvision.models.detection.transform import resize_boxes
 
 from streamseg.errors import ConfigError, WeightsError
 from streamseg.models.backend import ModelOptions
-from streamseg.models.weights import Checkpoint, find_weights, load_checkpoint
+from streamseg.models.demo import DEMO_ARCH, DEMO_WEIGHTS, build_demo_maskrcnn
+from streamseg.models.weights import ENV_WEIGHTS, Checkpoint, find_weights, load_checkpoint
 from streamseg.types import Detections, Frame, InstanceMasks
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,8 @@ class Architecture:
     build: Callable[..., torch.nn.Module]
     """``build(num_classes=..., **torchvision_kwargs)`` returns an untrained model."""
     coco_url: str | None
-    signature: str
-    """A state-dict key only this architecture has; how "auto" tells checkpoints apart."""
+    signature: str | None
+    """A state-dict key only this architecture has; how "auto" tells bare checkpoints apart."""
 
 
 def _torchvision_builder(fn):
@@ -62,9 +64,10 @@ ARCHITECTURES: dict[str, Architecture] = {
             "maskrcnn_resnet50_fpn_v2", _torchvision_builder(maskrcnn_resnet50_fpn_v2),
             MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1.url, "roi_heads.box_head.0.0.weight",
         ),
+        Architecture(DEMO_ARCH, build_demo_maskrcnn, None, None),  # its checkpoints always record their arch
     )
 }
-ALIASES = {"v1": "maskrcnn_resnet50_fpn", "v2": "maskrcnn_resnet50_fpn_v2"}
+ALIASES = {"v1": "maskrcnn_resnet50_fpn", "v2": "maskrcnn_resnet50_fpn_v2", "demo": DEMO_ARCH}
 
 
 def resolve_arch(name: str, checkpoint: Checkpoint | None = None) -> Architecture:
@@ -72,12 +75,12 @@ def resolve_arch(name: str, checkpoint: Checkpoint | None = None) -> Architectur
     name = ALIASES.get(name, name)
     if name == "auto":
         if checkpoint is None:
-            return ARCHITECTURES["maskrcnn_resnet50_fpn"]
+            return ARCHITECTURES[DEMO_ARCH]
         if checkpoint.arch:
             name = checkpoint.arch
         else:
             for arch in ARCHITECTURES.values():
-                if arch.signature in checkpoint.state_dict:
+                if arch.signature and arch.signature in checkpoint.state_dict:
                     return arch
             raise WeightsError(f"{checkpoint.origin}: cannot tell its architecture; pass --arch")
     if name not in ARCHITECTURES:
@@ -100,10 +103,12 @@ def obtain_checkpoint(options: ModelOptions) -> Checkpoint:
     if match:
         log.warning("using an UNTRAINED seeded random model (%s): detections are meaningless", options.weights)
         return seeded_random_checkpoint(resolve_arch(options.arch), int(match.group(1) or 0))
-    explicit = options.weights
-    arch_for_search = resolve_arch(options.arch) if options.arch != "auto" or not explicit else None
-    url = arch_for_search.coco_url if arch_for_search else None
-    return load_checkpoint(find_weights(explicit, options.arch, url))
+    if options.weights is None and not os.environ.get(ENV_WEIGHTS) and resolve_arch(options.arch).name == DEMO_ARCH:
+        if not DEMO_WEIGHTS.is_file():
+            raise WeightsError(f"demo model weights missing: {DEMO_WEIGHTS} (python -m streamseg.training makes them)")
+        return load_checkpoint(DEMO_WEIGHTS)
+    url = resolve_arch(options.arch).coco_url if options.arch != "auto" else None
+    return load_checkpoint(find_weights(options.weights, options.arch, url))
 
 
 class TorchMaskRCNN:
@@ -129,13 +134,16 @@ class TorchMaskRCNN:
                 f"{checkpoint.origin}: {len(self.class_names)} class names for {num_classes} classes"
             )
         self.keep_labels = self._labels_for(options.classes)
+        sizes = {
+            "min_size": options.min_size,
+            "max_size": options.max_size,
+            "box_detections_per_img": options.max_detections,
+            "rpn_post_nms_top_n_test": options.rpn_post_nms_top_n,
+        }
         model = self.arch.build(
             num_classes=num_classes,
-            min_size=options.min_size,
-            max_size=options.max_size,
             box_score_thresh=options.score_threshold,
-            box_detections_per_img=options.max_detections,
-            rpn_post_nms_top_n_test=options.rpn_post_nms_top_n,
+            **{k: v for k, v in sizes.items() if v is not None},  # None: the architecture's default
         )
         try:
             model.load_state_dict(checkpoint.state_dict)
