@@ -82,6 +82,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="print container, streams, codec, size, fps, duration, rotation")
     info.add_argument("sources", nargs="+")
+
+    demo = commands.add_parser("demo", help="generate a street scene and run the whole pipeline on it, offline")
+    demo.add_argument("-o", "--output-dir", default="out/demo")
+    demo.add_argument("--seed", type=int, default=7, help="scene seed (training used 1000 and up)")
+    demo.add_argument("--frames", type=int, default=120)
+    demo.add_argument("--weights", help="another checkpoint (COCO or your own) instead of the demo model")
+    demo.add_argument("--arch", help="architecture of --weights (default auto)")
+    demo.add_argument("--no-progress", action="store_true")
+
+    evaluate = commands.add_parser("eval", help="box and mask AP of a model (pycocotools)")
+    data = evaluate.add_mutually_exclusive_group(required=True)
+    data.add_argument("--coco", type=Path, help="COCO annotations json (with --images)")
+    data.add_argument("--scenes", type=int, help="evaluate on this many generated held-out scenes")
+    evaluate.add_argument("--images", type=Path, help="folder with the images the annotations name")
+    evaluate.add_argument("--limit", type=int, help="at most this many images")
+    evaluate.add_argument("--seed", type=int, default=0, help="first held-out scene seed (with --scenes)")
+    evaluate.add_argument("--frames-per-scene", type=int, default=20)
+    evaluate.add_argument("--weights")
+    evaluate.add_argument("--arch")
+    evaluate.add_argument("--min-size", type=int)
+    evaluate.add_argument("--max-size", type=int)
+    evaluate.add_argument("--score-threshold", type=float, default=0.05, help="low, as AP needs (default 0.05)")
     return parser
 
 
@@ -121,13 +143,41 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from streamseg.evaluation import evaluate_coco, evaluate_scenes
+    from streamseg.models import ModelOptions, build_backend
+
+    options = ModelOptions(**{k: v for k, v in {
+        "weights": args.weights, "arch": args.arch, "min_size": args.min_size, "max_size": args.max_size,
+        "score_threshold": args.score_threshold}.items() if v is not None})
+    backend = build_backend(options)
+    try:
+        if args.coco is not None:
+            if args.images is None:
+                raise StreamsegError("eval --coco needs --images FOLDER")
+            report = evaluate_coco(backend, args.coco, args.images, args.limit)
+        else:
+            report = evaluate_scenes(backend, args.scenes, args.seed, args.frames_per_scene)
+    finally:
+        backend.close()
+    print(report.table())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamseg.demo import run_demo
+
+    return run_demo(Path(args.output_dir), seed=args.seed, frames=args.frames, weights=args.weights,
+                    arch=args.arch, progress=not args.no_progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    command = {"run": cmd_run, "info": cmd_info}[args.command]
+    command = {"run": cmd_run, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo}[args.command]
     try:
         return command(args)
     except StreamsegError as err:

@@ -97,13 +97,15 @@ class Runner:
         if self._pipeline is not None:
             self._pipeline.stop(drain=drain)
 
-    def process(self, uri: str, *, handle_signals: bool = False) -> SourceRun:
-        """Process one source to the end (or until stopped). Outputs written so far stay valid on any error."""
+    def process(self, uri: str, *, source_id: str | None = None, handle_signals: bool = False) -> SourceRun:
+        """Process one source to the end (or until stopped). Outputs written so far stay valid on any error.
+        ``source_id`` names the outputs (default: the file or folder name)."""
         cfg = self.config
         out_dir = Path(cfg.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with ExitStack() as stack:
-            source = stack.enter_context(open_source(uri, **_source_kwargs(cfg)))
+            kwargs = _source_kwargs(cfg) | ({"source_id": source_id} if source_id else {})
+            source = stack.enter_context(open_source(uri, **kwargs))
             info = source.info
             run = SourceRun(self._unique_id(info.source_id), info)
             sinks = []

@@ -19,13 +19,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from streamseg.ops.masks import masks_to_rle
 from streamseg.sinks.base import Sink
-from streamseg.types import FrameResult, SourceInfo
+from streamseg.types import Detections, FrameResult, SourceInfo
 
-__all__ = ["CocoResultsSink", "coco_image_id_from_filename"]
+__all__ = ["CocoResultsSink", "coco_image_id_from_filename", "coco_results"]
 
 
 class CocoResultsSink(Sink):
@@ -45,20 +45,7 @@ class CocoResultsSink(Sink):
     def write(self, result: FrameResult) -> None:
         if self._closed:
             raise ValueError(f"write to closed CocoResultsSink({self.path})")
-        dets = result.detections
-        image_id = int(self.image_ids(result.frame.index))
-        rles = masks_to_rle(dets.masks) if dets.masks is not None else None
-        for i in range(len(dets)):
-            x1, y1, x2, y2 = (float(v) for v in dets.boxes[i])
-            item = {
-                "image_id": image_id,
-                "category_id": int(dets.labels[i]),
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                "score": round(float(dets.scores[i]), 5),
-            }
-            if rles is not None:
-                item["segmentation"] = rles[i]
-            self.results.append(item)
+        self.results.extend(coco_results(result.detections, int(self.image_ids(result.frame.index))))
 
     def close(self) -> None:
         """Write all results atomically (temporary file in the same folder, then ``os.replace``)."""
@@ -76,6 +63,28 @@ class CocoResultsSink(Sink):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def coco_results(dets: Detections, image_id: int, category_ids: Mapping[int, int] | None = None) -> list[dict]:
+    """COCO result records for one image. ``category_ids`` maps model labels to dataset category ids (labels
+    missing from it are dropped); None uses labels as category ids."""
+    rles = masks_to_rle(dets.masks) if dets.masks is not None else None
+    records = []
+    for i in range(len(dets)):
+        label = int(dets.labels[i])
+        if category_ids is not None and label not in category_ids:
+            continue
+        x1, y1, x2, y2 = (float(v) for v in dets.boxes[i])
+        item = {
+            "image_id": image_id,
+            "category_id": label if category_ids is None else category_ids[label],
+            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+            "score": round(float(dets.scores[i]), 5),
+        }
+        if rles is not None:
+            item["segmentation"] = rles[i]
+        records.append(item)
+    return records
 
 
 def coco_image_id_from_filename(path: str | os.PathLike) -> int:
