@@ -2,7 +2,6 @@
 #   make demo   install into .venv, then run the main job offline
 #   make test   install into .venv, then run the test suite
 PY := .venv/bin/python
-EVALKIT ?= ../shared/evalkit
 
 .venv/.installed: pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -13,8 +12,7 @@ EVALKIT ?= ../shared/evalkit
 install: .venv/.installed
 
 demo: .venv/.installed
-	.venv/bin/streamseg run $(EVALKIT)/videos/edge_cases/fire2.mp4 -o out/demo \
-		--arch v1 --weights random:0 --min-size 384 --rpn-top-n 300 --max-detections 20
+	.venv/bin/streamseg demo -o out/demo
 
 test: .venv/.installed
 	$(PY) -m pytest -q
