@@ -256,7 +256,7 @@ def test_write_scene_files_agree_with_the_scene(tmp_path):
         assert np.array_equal(gt.annToMask(a).astype(bool), dense(inst, (config.height, config.width)))
 
     rows = np.loadtxt(paths["mot"], delimiter=",", ndmin=2)
-    expected = [(f.index + 1, i.track_id, *i.box[:2], *(i.box[2:] - i.box[:2]), 1, i.label, round(i.visibility, 4))
+    expected = [(f.index + 1, i.track_id, *(i.box[:2] + 1), *(i.box[2:] - i.box[:2]), 1, i.label, round(i.visibility, 4))
                 for f in truth for i in f.instances]  # fmt: skip
     assert np.allclose(rows, np.array(expected, float), atol=1e-4)
 

@@ -10,8 +10,8 @@
   the full image, ``bbox`` ``[x, y, w, h]`` of that mask, ``area`` its pixel count, ``iscrowd`` 0, and the extra
   keys ``track_id`` and ``visibility``;
 - ``gt/gt.txt`` and ``seqinfo.ini``: MOTChallenge ground truth, one row per instance and frame:
-  ``frame (1-based), id, x, y, w, h, 1, class (label), visibility``; boxes are the visible boxes in streamseg's
-  0-based continuous pixels (not MOTChallenge's 1-based convention: compare them with boxes written the same way);
+  ``frame (1-based), id, x, y, w, h, 1, class (label), visibility``; boxes are the visible boxes in MOTChallenge's
+  1-based pixels (streamseg's 0-based x, y plus one), so the scene scores like any MOTChallenge sequence;
 - ``events.jsonl``: the zone and line events, one JSON object per line (see :mod:`streamseg.scenes.events`);
 - ``scene.json``: the config (zone, line, classes, seed ...), class names, the camera layout, the tracks and
   the names of the other files;
@@ -92,7 +92,7 @@ def write_scene(config: SceneConfig | None, out_dir: str | os.PathLike, *, png: 
                     "segmentation": rle, "area": int(inst.area), "bbox": [x1, y1, x2 - x1, y2 - y1],
                     "iscrowd": 0, "track_id": int(inst.track_id), "visibility": round(float(inst.visibility), 4),
                 })  # fmt: skip
-                mot_rows.append(f"{frame.index + 1},{inst.track_id},{x1:g},{y1:g},{x2 - x1:g},{y2 - y1:g},1,"
+                mot_rows.append(f"{frame.index + 1},{inst.track_id},{x1 + 1:g},{y1 + 1:g},{x2 - x1:g},{y2 - y1:g},1,"
                                 f"{inst.label},{inst.visibility:.4f}")  # fmt: skip
             samples.append((frame.index, frame.time, [_Anchor(i) for i in frame.instances]))
 
@@ -122,7 +122,7 @@ def write_scene(config: SceneConfig | None, out_dir: str | os.PathLike, *, png: 
         "frames": cfg.frames,
         "zone": [list(p) for p in cfg.zone],
         "line": [list(p) for p in cfg.line],
-        "mot_box_origin": 0,
+        "mot_box_origin": 1,
         "layout": asdict(scene.layout),
         "tracks": [asdict(t) for t in scene.tracks],
         "files": {key: str(path.relative_to(out)) for key, path in paths.items() if key != "scene"},

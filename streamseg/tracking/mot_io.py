@@ -11,7 +11,9 @@ File contract (MOT15 "2D" format, also what trackers submit for MOT16/17/20):
 - frames are 1-based; ids are -1 for detections that carry no identity;
 - boxes are MATLAB-style pixel coordinates: the image's top-left pixel is ``(1, 1)``. :meth:`MotRows.boxes_xyxy` and
   :meth:`MotRows.from_detections` convert to and from streamseg's 0-based continuous ``x1, y1, x2, y2``
-  (motmetrics shifts by the same 1 when loading). IoU does not change under the shift.
+  (motmetrics shifts by the same 1 when loading). IoU does not change when both sides use the same origin, but
+  does when they differ: ``streamseg.scenes`` exports write 0-based boxes (``mot_box_origin: 0`` in scene.json),
+  so pass ``box_origin=0`` for tracker output scored against them.
 - the 7th column means different things: a detector score in ``det.txt`` and tracker outputs, a 0/1 "consider this
   entry" flag in MOT16+ ``gt.txt`` and always 1 in MOT15 ``gt.txt``. Reading ground truth with
   ``min_confidence=1`` (what motmetrics' evaluation apps do) drops the 0-flagged entries and keeps every MOT15 row.
@@ -69,15 +71,16 @@ class MotRows:
         return cls(np.zeros(0), np.zeros(0), np.zeros((0, 4)), np.zeros(0))
 
     @classmethod
-    def from_detections(cls, frame_index: int, detections: Detections) -> "MotRows":
+    def from_detections(cls, frame_index: int, detections: Detections, *, box_origin: int = 1) -> "MotRows":
         """Rows for one frame of the pipeline. ``frame_index`` is 0-based (``Frame.index``) and becomes
         ``frame_index + 1``; ids come from ``detections.track_ids`` (-1 where None), conf from ``scores``.
+        ``box_origin``: 1 for MOTChallenge files, 0 to compare with ``streamseg.scenes`` ground truth.
 
         Coordinates are rounded to 1e-4 px: the boxes are float32, whose extra digits are noise, not precision.
         """
         n = len(detections)
         xyxy = detections.boxes.astype(np.float64)
-        tlwh = np.concatenate([xyxy[:, :2] + 1.0, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        tlwh = np.concatenate([xyxy[:, :2] + float(box_origin), xyxy[:, 2:] - xyxy[:, :2]], axis=1)
         ids = detections.track_ids if detections.track_ids is not None else np.full(n, -1)
         scores = np.round(detections.scores.astype(np.float64), 6)
         return cls(np.full(n, int(frame_index) + 1), ids, np.round(tlwh, 4), scores)
@@ -102,9 +105,10 @@ class MotRows:
             index = [int(index)]
         return MotRows(self.frames[index], self.ids[index], self.boxes[index], self.confidences[index])
 
-    def boxes_xyxy(self) -> np.ndarray:
-        """``(N, 4)`` float64 ``x1, y1, x2, y2`` in streamseg's 0-based continuous coordinates."""
-        x1y1 = self.boxes[:, :2] - 1.0
+    def boxes_xyxy(self, *, box_origin: int = 1) -> np.ndarray:
+        """``(N, 4)`` float64 ``x1, y1, x2, y2`` in streamseg's 0-based continuous coordinates; ``box_origin`` is
+        the file's (1 for MOTChallenge, 0 for ``streamseg.scenes`` exports)."""
+        x1y1 = self.boxes[:, :2] - float(box_origin)
         return np.concatenate([x1y1, x1y1 + self.boxes[:, 2:]], axis=1)
 
 
