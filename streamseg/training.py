@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from streamseg.models.demo import DEMO_ARCH, DEMO_WEIGHTS, build_demo_maskrcnn
-from streamseg.models.weights import save_checkpoint
+from streamseg.models.weights import load_checkpoint, save_checkpoint
 from streamseg.scenes.training import TRAINING_CONFIG, iter_training_samples
 
 log = logging.getLogger("streamseg.training")
@@ -53,7 +53,8 @@ def to_targets(batch) -> tuple[list[torch.Tensor], list[dict]]:
 
 
 def train(out: Path, iterations: int, batch_size: int = 4, lr: float = 1e-3, seed: int = 0,
-          minutes: float | None = None, checkpoint_every: int = 100, resume: bool = True) -> Path:
+          minutes: float | None = None, checkpoint_every: int = 100, resume: bool = True,
+          init: Path | None = None) -> Path:
     torch.manual_seed(seed)
     config = TRAINING_CONFIG
     class_names = config.class_names
@@ -61,6 +62,9 @@ def train(out: Path, iterations: int, batch_size: int = 4, lr: float = 1e-3, see
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     state_path = out.with_suffix(".train-state.pt")
     start = 0
+    if init is not None:  # fine-tune from shipped weights (the training state is too big to keep in the repo)
+        model.load_state_dict(load_checkpoint(init).state_dict)
+        log.info("initialized from %s", init)
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -68,10 +72,9 @@ def train(out: Path, iterations: int, batch_size: int = 4, lr: float = 1e-3, see
         start = int(state["iteration"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at iteration %d", state_path, start)
-    # The sample stream is a pure function of (seed, position), so a resumed run sees the same data.
-    samples = iter_training_samples(TRAIN_SEED_BASE + seed, 10**12, config)
-    for _ in range(start * batch_size):
-        next(samples)
+    # The sample stream is a pure function of (seed, start iteration): reproducible, and a resumed run draws fresh
+    # scenes instead of re-rendering thousands of frames to skip what it already saw.
+    samples = iter_training_samples(TRAIN_SEED_BASE + seed * 1_000_003 + start, 10**12, config)
     model.train()
     began, smoothed = time.monotonic(), None
     iteration = start
@@ -123,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, help="stop (resumably) after this much wall time")
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--no-resume", dest="resume", action="store_false")
+    parser.add_argument("--init", type=Path, help="start from these weights (fine-tuning) instead of random")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     train(args.out, args.iterations, args.batch_size, args.lr, args.seed, args.minutes, args.checkpoint_every,
-          args.resume)
+          args.resume, args.init)
     return 0
 
 
