@@ -1,4 +1,4 @@
-"""Command line: ``streamseg run`` and ``streamseg info``, thin over :mod:`streamseg.pipeline`.
+"""Command line: ``streamseg run``, ``info``, ``demo``, ``eval`` and ``track``, thin over the stage packages.
 
 Exit codes: 0 success, 1 a user-facing error (one line on stderr), 2 bad command-line usage, 130 interrupted
 (outputs written so far are finalized first).
@@ -43,6 +43,24 @@ OVERRIDES = {
     "preset": "sinks.preset",
     "crf": "sinks.crf",
 }
+
+
+# streamseg track: TrackerConfig fields settable from the command line (unset flags keep the config's defaults)
+TRACKER_FLAGS = (
+    ("high_threshold", float, "first association and new tracks (default 0.5)"),
+    ("low_threshold", float, "second association only, below --high-threshold (default 0.1)"),
+    ("new_track_threshold", float, "score that starts a track (default: --high-threshold)"),
+    ("max_distance", float, "first association, 1 - IoU (default 0.8)"),
+    ("max_distance_low", float, "second association (default 0.5)"),
+    ("max_distance_tentative", float, "tentative tracks (default 0.7)"),
+    ("min_hits", int, "frames that confirm a track (default 3)"),
+    ("max_lost", int, "frames a lost track is kept (default 30)"),
+    ("smooth_boxes", bool, "write Kalman-filtered boxes instead of the detections'"),
+    ("distance", str, "iou (default) or mask_iou"),
+    ("assignment", str, "scipy (default) or lap"),
+    ("position_noise", float, "Kalman position noise, fraction of box size (default 0.05)"),
+    ("velocity_noise", float, "Kalman velocity noise, fraction of box size (default 0.00625)"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--min-size", type=int)
     evaluate.add_argument("--max-size", type=int)
     evaluate.add_argument("--score-threshold", type=float, default=0.05, help="low, as AP needs (default 0.05)")
+
+    track = commands.add_parser("track", help="track MOTChallenge detections (frame,id,x,y,w,h,conf,...) into tracks",
+                                description="Reads MOTChallenge detections, runs the tracker, writes MOTChallenge "
+                                "tracks (1-based boxes, as read). MOT15 public detections: --scores minmax "
+                                "--high-threshold 0.25 --max-distance 0.7 --max-lost 7 --smooth-boxes")
+    track.add_argument("detections", type=Path, help="det.txt")
+    track.add_argument("-o", "--output", type=Path, required=True, help="tracks file to write")
+    track.add_argument("--gt", type=Path, help="ground truth gt.txt: print MOTA, IDF1 and counts of the result")
+    track.add_argument("--scores", choices=("raw", "minmax"), default="raw",
+                       help="minmax: rescale scores to [0, 1] over the file (for DPM and other unbounded scores)")
+    track.add_argument("--max-gap", type=int, help="fill gaps of up to N frames a track bridged by interpolation "
+                       "(default: all of them; 0: none)")
+    track.add_argument("--live", action="store_true",
+                       help="write only what a live tracker shows per frame: no back-fill, no gap filling")
+    options = track.add_argument_group("tracker (TrackerConfig; defaults in streamseg/tracking/tracker.py)")
+    for name, kind, text in TRACKER_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            options.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            options.add_argument(flag, type=kind, help=text)
     return parser
 
 
@@ -171,13 +210,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     arch=args.arch, progress=not args.no_progress)
 
 
+def cmd_track(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from streamseg.tracking import TrackerConfig, evaluate_mot, read_mot, track_rows, write_mot
+
+    config = TrackerConfig(**{name: getattr(args, name) for name, _, _ in TRACKER_FLAGS
+                              if getattr(args, name) is not None})
+    if args.max_gap is not None and args.max_gap < 0:
+        raise StreamsegError(f"--max-gap must be >= 0, got {args.max_gap}")
+    gt = read_mot(args.gt, min_confidence=1) if args.gt is not None else None  # fail before the work
+    tracks = track_rows(read_mot(args.detections), config, scores=args.scores, max_gap=args.max_gap, live=args.live)
+    write_mot(args.output, tracks)
+    log.info("%s: %d boxes in %d tracks -> %s", args.detections, len(tracks), len(np.unique(tracks.ids)),
+             args.output)
+    if gt is not None:
+        s = evaluate_mot(gt, tracks)
+        print(f"MOTA {s.mota:.4f}  IDF1 {s.idf1:.4f}  MOTP {s.motp:.4f}  IDsw {s.num_switches}  "
+              f"FP {s.num_false_positives}  FN {s.num_misses}  gt {s.num_objects}  tracks {len(np.unique(tracks.ids))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    command = {"run": cmd_run, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo}[args.command]
+    command = {"run": cmd_run, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo, "track": cmd_track}[args.command]
     try:
         return command(args)
     except StreamsegError as err:
