@@ -42,6 +42,7 @@ OVERRIDES = {
     "detections": "sinks.detections",
     "preset": "sinks.preset",
     "crf": "sinks.crf",
+    "track": "tracker.enabled",
 }
 
 
@@ -92,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--target-fps", type=float, help="keep about this many frames per second")
     src.add_argument("--max-frames", type=int, help="stop after this many frames per source")
     src.add_argument("--queue-size", type=int, help="capacity of the queues between stages (default 4)")
+    run.add_argument("--track", dest="track", action="store_true", default=None,
+                     help="track objects (as [tracker] enabled = true): ids in the video and JSONL, tracks file")
     out = run.add_argument_group("outputs")
     out.add_argument("--no-video", dest="video", action="store_false", default=None, help="skip annotated video")
     out.add_argument("--no-detections", dest="detections", action="store_false", default=None, help="skip JSONL")
@@ -109,19 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--arch", help="architecture of --weights (default auto)")
     demo.add_argument("--no-progress", action="store_true")
 
-    evaluate = commands.add_parser("eval", help="box and mask AP of a model (pycocotools)")
+    evaluate = commands.add_parser("eval", help="box and mask AP of a model (pycocotools); tracking and events "
+                                   "on generated scenes")
     data = evaluate.add_mutually_exclusive_group(required=True)
     data.add_argument("--coco", type=Path, help="COCO annotations json (with --images)")
     data.add_argument("--scenes", type=int, help="evaluate on this many generated held-out scenes")
+    data.add_argument("--scene-events", type=int, metavar="N",
+                      help="detect -> track -> zone/line events on N generated scenes: MOTA, IDF1 and event "
+                      "precision/recall (within 0.5 s) against their ground truth")
     evaluate.add_argument("--images", type=Path, help="folder with the images the annotations name")
     evaluate.add_argument("--limit", type=int, help="at most this many images")
-    evaluate.add_argument("--seed", type=int, default=0, help="first held-out scene seed (with --scenes)")
-    evaluate.add_argument("--frames-per-scene", type=int, default=20)
+    evaluate.add_argument("--seed", type=int, default=0, help="first held-out scene seed (--scenes, --scene-events)")
+    evaluate.add_argument("--frames-per-scene", type=int, help="--scenes: frames sampled per scene (default 20); "
+                          "--scene-events: length of each scene (default 300, 30 s)")
+    evaluate.add_argument("--oracle", action="store_true",
+                          help="--scene-events: the scenes' ground-truth boxes instead of a model (no identities)")
+    evaluate.add_argument("--min-frames", type=int, default=1,
+                          help="--scene-events: frames a zone/line change must hold (default 1)")
     evaluate.add_argument("--weights")
     evaluate.add_argument("--arch")
     evaluate.add_argument("--min-size", type=int)
     evaluate.add_argument("--max-size", type=int)
-    evaluate.add_argument("--score-threshold", type=float, default=0.05, help="low, as AP needs (default 0.05)")
+    evaluate.add_argument("--score-threshold", type=float,
+                          help="low, as AP needs (default 0.05); --scene-events: 0.1 (the tracker's low threshold)")
 
     track = commands.add_parser("track", help="track MOTChallenge detections (frame,id,x,y,w,h,conf,...) into tracks",
                                 description="Reads MOTChallenge detections, runs the tracker, writes MOTChallenge "
@@ -183,20 +196,36 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from streamseg.evaluation import evaluate_coco, evaluate_scenes
+    from streamseg.evaluation import evaluate_coco, evaluate_scene_events, evaluate_scenes, ground_truth_detector
     from streamseg.models import ModelOptions, build_backend
 
+    events = args.scene_events is not None
+    for name in ("scenes", "scene_events", "frames_per_scene", "min_frames"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise StreamsegError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.oracle and not events:
+        raise StreamsegError("--oracle goes with --scene-events")
+    if events and args.oracle:
+        report = evaluate_scene_events(ground_truth_detector(), args.scene_events, args.seed,
+                                       args.frames_per_scene or 300, min_frames=args.min_frames)
+        print(report.table())
+        return 0
+    threshold = args.score_threshold if args.score_threshold is not None else (0.1 if events else 0.05)
     options = ModelOptions(**{k: v for k, v in {
         "weights": args.weights, "arch": args.arch, "min_size": args.min_size, "max_size": args.max_size,
-        "score_threshold": args.score_threshold}.items() if v is not None})
+        "score_threshold": threshold}.items() if v is not None})
     backend = build_backend(options)
     try:
         if args.coco is not None:
             if args.images is None:
                 raise StreamsegError("eval --coco needs --images FOLDER")
             report = evaluate_coco(backend, args.coco, args.images, args.limit)
+        elif events:
+            report = evaluate_scene_events(backend, args.scene_events, args.seed, args.frames_per_scene or 300,
+                                           min_frames=args.min_frames)
         else:
-            report = evaluate_scenes(backend, args.scenes, args.seed, args.frames_per_scene)
+            report = evaluate_scenes(backend, args.scenes, args.seed, args.frames_per_scene or 20)
     finally:
         backend.close()
     print(report.table())

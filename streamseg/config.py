@@ -7,7 +7,9 @@ A file has top-level ``sources`` and ``output_dir`` plus one table per stage kin
     [source]   stride, target_fps, max_frames
     [model]    backend and every field of ModelOptions
     [graph]    queue_size, policy
-    [sinks]    video, detections, coco, codec, preset, crf
+    [sinks]    video, detections, coco, codec, preset, crf, tracks, events, zone_counts, summary
+    [tracker]  enabled (true when the table is present) and every field of streamseg.tracking.TrackerConfig
+    [events]   units, [[events.zones]], [[events.lines]], [events.collision]  (streamseg.events.config)
 
 Unknown keys and wrong types are errors that name the key, the file and what was expected: a typo must never
 silently fall back to a default.
@@ -15,6 +17,7 @@ silently fall back to a default.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 import types
 import typing
@@ -23,7 +26,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from streamseg.errors import ConfigError
+from streamseg.events.config import CollisionConfig, EventsConfig, LineConfig, ZoneConfig
 from streamseg.models.backend import ModelOptions
+from streamseg.tracking.tracker import TrackerConfig
 
 GRAPH_POLICIES = ("block", "drop_oldest")
 
@@ -70,6 +75,24 @@ class SinkOptions:
     codec: str = "libx264"
     preset: str = "veryfast"
     crf: int = 23
+    tracks: bool = True
+    """With the tracker: MOTChallenge tracks file, written at the end from the tracker's back-filled history
+    (which it keeps in memory, boxes only: turn it off for endless live streams)."""
+    events: bool = True
+    """With events: events JSON Lines (``streamseg.events/1``), one line per event, flushed as it happens."""
+    zone_counts: bool = True
+    """With zones: occupancy per zone and class, one CSV row per processed frame."""
+    summary: bool = True
+    """With the tracker: PNG summary at the end (counts per class over time, dwell histogram)."""
+
+
+@dataclass(frozen=True)
+class TrackerOptions:
+    """``[tracker]``: ``enabled`` plus the tracker's own settings (every field of :class:`TrackerConfig`). Without
+    a ``[tracker]`` table tracking is off; with one, ``enabled`` defaults to true."""
+
+    enabled: bool = False
+    config: TrackerConfig = field(default_factory=TrackerConfig)
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,12 @@ class PipelineConfig:
     model: ModelOptions = field(default_factory=ModelOptions)
     graph: GraphOptions = field(default_factory=GraphOptions)
     sinks: SinkOptions = field(default_factory=SinkOptions)
+    tracker: TrackerOptions = field(default_factory=TrackerOptions)
+    events: EventsConfig = field(default_factory=EventsConfig)
+
+    def __post_init__(self):
+        if self.events.enabled and not self.tracker.enabled:
+            raise ConfigError("[events] needs tracks: add a [tracker] table (enabled = true) or pass --track")
 
 
 SECTIONS = {"source": SourceOptions, "model": ModelOptions, "graph": GraphOptions, "sinks": SinkOptions}
@@ -119,13 +148,21 @@ def build_config(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = N
         raise ConfigError(f"{origin}: unknown key {unknown[0]!r} (known: {', '.join(top_fields)})")
     values: dict[str, Any] = {}
     for name, value in merged.items():
-        if name in SECTIONS:
+        if name in SECTIONS or name in ("tracker", "events"):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{origin}: [{name}] must be a table, got {type(value).__name__}")
-            values[name] = _build_section(SECTIONS[name], value, name, origin)
+            if name == "tracker":
+                values[name] = _build_tracker(value, origin)
+            elif name == "events":
+                values[name] = _build_events(value, origin)
+            else:
+                values[name] = _build_section(SECTIONS[name], value, name, origin)
         else:
             values[name] = _coerce(value, top_fields[name], name, origin)
-    return PipelineConfig(**values)
+    try:
+        return PipelineConfig(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{origin}: {err}") from None
 
 
 def _build_section(cls, table: Mapping[str, Any], section: str, origin: str):
@@ -134,6 +171,70 @@ def _build_section(cls, table: Mapping[str, Any], section: str, origin: str):
     if unknown:
         raise ConfigError(f"{origin}: unknown key '{section}.{unknown[0]}' (known: {', '.join(hints)})")
     return cls(**{k: _coerce(v, hints[k], f"{section}.{k}", origin) for k, v in table.items()})
+
+
+def _build_tracker(table: Mapping[str, Any], origin: str) -> TrackerOptions:
+    hints = typing.get_type_hints(TrackerConfig)
+    hints["distance"] = str  # a callable distance is for the Python API; a file names one
+    known = ["enabled", *hints]
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key 'tracker.{unknown[0]}' (known: {', '.join(known)})")
+    # a [tracker] table means tracking unless it says enabled = false: settings written for nothing would mislead
+    enabled = _coerce(table.get("enabled", True), bool, "tracker.enabled", origin)
+    settings = {k: _coerce(v, hints[k], f"tracker.{k}", origin) for k, v in table.items() if k != "enabled"}
+    try:
+        return TrackerOptions(enabled, TrackerConfig(**settings))
+    except ConfigError as err:  # its messages name "TrackerConfig.<field>": say where the user wrote it
+        raise ConfigError(f"{origin}: {str(err).replace('TrackerConfig.', 'tracker.')}") from None
+
+
+_POINT_KEYS = ("polygon", "points", "ego_lane")  # validated by the events' own dataclasses
+_EVENT_TABLES = {"zones": ZoneConfig, "lines": LineConfig}
+
+
+def _build_events(table: Mapping[str, Any], origin: str) -> EventsConfig:
+    known = ("units", "occlusion_hold", "occlusion_ratio", "zones", "lines", "collision")
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key 'events.{unknown[0]}' (known: {', '.join(known)})")
+    values: dict[str, Any] = {}
+    for key in ("zones", "lines"):
+        items = table.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(item, Mapping) for item in items):
+            raise ConfigError(f"{origin}: events.{key}: expected an array of tables ([[events.{key}]]), "
+                              f"got {items!r}")
+        values[key] = tuple(_build_rule(_EVENT_TABLES[key], item, f"events.{key}[{i}]", origin)
+                            for i, item in enumerate(items))
+    if "collision" in table:
+        if not isinstance(table["collision"], Mapping):
+            raise ConfigError(f"{origin}: events.collision: expected a table ([events.collision]), "
+                              f"got {table['collision']!r}")
+        values["collision"] = _build_rule(CollisionConfig, table["collision"], "events.collision", origin)
+    for key, kind in (("units", str), ("occlusion_hold", float), ("occlusion_ratio", float)):
+        if key in table:
+            values[key] = _coerce(table[key], kind, f"events.{key}", origin)
+    try:
+        return EventsConfig(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{origin}: {err}") from None
+
+
+def _build_rule(cls, table: Mapping[str, Any], key: str, origin: str):
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(table) - set(hints))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key '{key}.{unknown[0]}' (known: {', '.join(hints)})")
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in table]
+    if missing:
+        raise ConfigError(f"{origin}: {key}: missing key '{missing[0]}'")
+    values = {k: v if k in _POINT_KEYS else _coerce(v, hints[k], f"{key}.{k}", origin) for k, v in table.items()}
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{origin}: {key}: {err}") from None
 
 
 def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:

@@ -1,7 +1,16 @@
-"""Composition: the one place where sources, models and sinks meet.
+"""Composition: the one place where sources, models, trackers, event rules and sinks meet.
 
-Each source runs as a three-stage graph, ``decode -> detect -> write``, joined by bounded queues; the model is
-built once and shared by the sources of a run, which are processed one after another.
+Each source runs as a graph ``decode -> detect [-> track] [-> events] -> write``, joined by bounded queues; the
+``track`` node runs when ``[tracker]`` is enabled, ``events`` when ``[events]`` has rules. The model is built once
+and shared by the sources of a run, which are processed one after another; tracker and rules are built afresh for
+each source (identities and zone states belong to one stream).
+
+Outputs per source ``<id>`` under ``output_dir`` (each one switchable under ``[sinks]``): ``<id>.mp4`` (annotated;
+with the tracker, boxes are the confirmed tracks, coloured and labelled by track id), ``<id>.detections.jsonl``
+(``track_id`` set with the tracker), ``<id>.coco.json`` (image folders); with the tracker ``<id>.tracks.txt``
+(MOTChallenge, written at the end from the tracker's back-filled history, bridged gaps filled) and
+``<id>.summary.png``; with events ``<id>.events.jsonl`` (``streamseg.events/1``, every event also logged on the
+``streamseg.events`` logger) and, with zones, ``<id>.zone_counts.csv``.
 
 >>> from streamseg.config import build_config
 >>> with Runner(build_config({"model": {"weights": "model.pth"}})) as runner:  # doctest: +SKIP
@@ -12,20 +21,25 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from streamseg.config import PipelineConfig
+from streamseg.events import CollisionRule, EventEngine, describe_event
 from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.models import Backend, build_backend
-from streamseg.sinks import Annotator, CocoResultsSink, DetectionsJsonlSink, VideoSink, coco_image_id_from_filename
+from streamseg.sinks import (Annotator, CocoResultsSink, DetectionsJsonlSink, EventsJsonlSink, Overlay, SummarySink,
+                             VideoSink, ZoneCountsCsvSink, coco_image_id_from_filename)
 from streamseg.sources import open_source
+from streamseg.tracking import MotRows, Tracker, write_mot
 from streamseg.types import Frame, FrameResult, SourceInfo
 
 log = logging.getLogger(__name__)
+event_log = logging.getLogger("streamseg.events")
 
 
 @dataclass
@@ -56,6 +70,39 @@ def detect_stage(backend: Backend, batch_size: int) -> Callable[[Iterable[Frame]
                 yield FrameResult(frame, detections)
 
     return detect
+
+
+def track_stage(tracker: Tracker) -> Callable[[Iterable[FrameResult]], Iterator[FrameResult]]:
+    """Results in, results with the tracker's confirmed detections (``track_ids`` set) out; every frame is one
+    tracker step, empty ones included."""
+
+    def track(results) -> Iterator[FrameResult]:
+        for result in results:
+            frame = result.frame
+            yield replace(result, detections=tracker.update(result.detections, frame.index, frame.time))
+
+    return track
+
+
+def events_stage(engine: EventEngine) -> Callable[[Iterable[FrameResult]], Iterator[FrameResult]]:
+    """Tracked results in, results with their ``events`` and zone ``occupancy`` out; each event is also logged,
+    one line, on the ``streamseg.events`` logger."""
+
+    def events(results) -> Iterator[FrameResult]:
+        for result in results:
+            found = engine.update(result.frame, result.detections)
+            for event in found:
+                event_log.info("%s", describe_event(event))
+            yield replace(result, events=tuple(found), occupancy=engine.occupancy)
+
+    return events
+
+
+def write_tracks(path: Path, tracker: Tracker) -> None:
+    """The tracker's back-filled history as a MOTChallenge file (frame = source index + 1, bridged gaps filled by
+    interpolation, as ``streamseg track`` writes them)."""
+    rows = MotRows.concatenate(MotRows.from_detections(index, dets) for index, dets in tracker.history(max_gap=None))
+    write_mot(path, rows[np.lexsort((rows.ids, rows.frames))])
 
 
 def write_stage(sinks: Sequence, on_result: Callable[[FrameResult], None] | None = None):
@@ -108,12 +155,15 @@ class Runner:
             source = stack.enter_context(open_source(uri, **kwargs))
             info = source.info
             run = SourceRun(self._unique_id(info.source_id), info)
+            tracker = Tracker(cfg.tracker.config, keep_history=cfg.sinks.tracks, history_masks=False) \
+                if cfg.tracker.enabled else None
+            engine = EventEngine.from_config(cfg.events, info.width, info.height) if cfg.events.enabled else None
             sinks = []
             if cfg.sinks.video:
                 run.outputs["video"] = out_dir / f"{run.source_id}.mp4"
                 sinks.append(stack.enter_context(VideoSink(
                     run.outputs["video"], info, codec=cfg.sinks.codec, preset=cfg.sinks.preset, crf=cfg.sinks.crf,
-                    annotator=Annotator(),
+                    annotator=Annotator(overlays=_overlays(engine)),
                 )))
             if cfg.sinks.detections:
                 run.outputs["detections"] = out_dir / f"{run.source_id}.detections.jsonl"
@@ -124,18 +174,49 @@ class Runner:
                 sinks.append(stack.enter_context(CocoResultsSink(
                     run.outputs["coco"], info, image_ids=lambda index: coco_image_id_from_filename(paths[index])
                 )))
+            if tracker is not None:
+                self._tracking_outputs(run, tracker, engine, sinks, stack)
             bar = stack.enter_context(_progress_bar(info, enabled=self.progress))
             graph = cfg.graph
-            self._pipeline = Pipeline([
+            nodes = [
                 Node("decode", lambda _: iter(source)),
                 Node("detect", detect_stage(self.backend, cfg.model.batch_size), graph.queue_size, graph.policy),
-                Node("write", write_stage(sinks, lambda _: bar.update(1)), graph.queue_size, "block"),
-            ])
+            ]
+            if tracker is not None:
+                nodes.append(Node("track", track_stage(tracker), graph.queue_size, "block"))
+            if engine is not None:
+                nodes.append(Node("events", events_stage(engine), graph.queue_size, "block"))
+            nodes.append(Node("write", write_stage(sinks, lambda _: bar.update(1)), graph.queue_size, "block"))
+            self._pipeline = Pipeline(nodes)
             try:
                 run.report = self._pipeline.run(handle_signals=handle_signals)
             finally:
                 self._pipeline = None
         return run
+
+    def _tracking_outputs(self, run: SourceRun, tracker: Tracker, engine: EventEngine | None, sinks: list,
+                          stack: ExitStack) -> None:
+        """The tracks file and the sinks of the tracker's and the rules' outputs (appended to ``sinks``)."""
+        cfg, out_dir, info = self.config, Path(self.config.output_dir), run.info
+        if cfg.sinks.tracks:
+            run.outputs["tracks"] = out_dir / f"{run.source_id}.tracks.txt"
+            # written when the source's outputs are closed, after the graph has finished: also after an error
+            stack.callback(write_tracks, run.outputs["tracks"], tracker)
+        events = cfg.events
+        if engine is not None and cfg.sinks.events:
+            run.outputs["events"] = out_dir / f"{run.source_id}.events.jsonl"
+            sinks.append(stack.enter_context(EventsJsonlSink(run.outputs["events"], info)))
+        if engine is not None and engine.zones and cfg.sinks.zone_counts:
+            run.outputs["zone_counts"] = out_dir / f"{run.source_id}.zone_counts.csv"
+            vocabulary = _vocabulary(self.backend.class_names)
+            columns = {z.name: z.config.classes or vocabulary for z in engine.zones}
+            sinks.append(stack.enter_context(ZoneCountsCsvSink(run.outputs["zone_counts"], info, columns)))
+        if cfg.sinks.summary:
+            run.outputs["summary"] = out_dir / f"{run.source_id}.summary.png"
+            sinks.append(stack.enter_context(SummarySink(
+                run.outputs["summary"], info, zones=[z.name for z in events.zones],
+                lines=[line.name for line in events.lines], collision=events.collision is not None,
+            )))
 
     def _unique_id(self, source_id: str) -> str:
         """Two sources with the same stem must not overwrite each other's outputs."""
@@ -145,6 +226,22 @@ class Runner:
             candidate = f"{source_id}-{n}"
         self._used_ids.add(candidate)
         return candidate
+
+
+def _overlays(engine: EventEngine | None) -> list[Overlay]:
+    """The rules' zones, lines (arrows A -> B: "in" is to their right) and ego lane, for the annotated video."""
+    if engine is None:
+        return []
+    overlays = [Overlay(z.name, z.config.polygon) for z in engine.zones]
+    overlays += [Overlay(line.name, line.config.points, "arrow") for line in engine.lines]
+    overlays += [Overlay(r.name, r.config.ego_lane) for r in engine.rules if isinstance(r, CollisionRule)]
+    return overlays
+
+
+def _vocabulary(class_names: Sequence[str]) -> tuple[str, ...]:
+    """A model's real class names: without the background and COCO's unused ``N/A`` slots, each once."""
+    skip = {"", "__background__", "background", "N/A"}
+    return tuple(dict.fromkeys(name for name in class_names if name not in skip))
 
 
 def _source_kwargs(cfg: PipelineConfig) -> dict:

@@ -54,7 +54,7 @@ def to_targets(batch) -> tuple[list[torch.Tensor], list[dict]]:
 
 def train(out: Path, iterations: int, batch_size: int = 4, lr: float = 1e-3, seed: int = 0,
           minutes: float | None = None, checkpoint_every: int = 100, resume: bool = True,
-          init: Path | None = None) -> Path:
+          init: Path | None = None, mask_loss_weight: float = 1.0) -> Path:
     torch.manual_seed(seed)
     config = TRAINING_CONFIG
     class_names = config.class_names
@@ -83,7 +83,7 @@ def train(out: Path, iterations: int, batch_size: int = 4, lr: float = 1e-3, see
             group["lr"] = lr * lr_factor(iteration, iterations)
         images, targets = to_targets([next(samples) for _ in range(batch_size)])
         losses = model(images, targets)
-        loss = sum(losses.values())
+        loss = sum(v * (mask_loss_weight if k == "loss_mask" else 1.0) for k, v in losses.items())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -127,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--no-resume", dest="resume", action="store_false")
     parser.add_argument("--init", type=Path, help="start from these weights (fine-tuning) instead of random")
+    parser.add_argument("--mask-loss-weight", type=float, default=1.0,
+                        help="weight of the mask loss against the RPN and box losses")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     train(args.out, args.iterations, args.batch_size, args.lr, args.seed, args.minutes, args.checkpoint_every,
-          args.resume, args.init)
+          args.resume, args.init, args.mask_loss_weight)
     return 0
 
 

@@ -9,9 +9,9 @@ Conventions shared by every stage:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -202,7 +202,55 @@ class Detections:
 
 @dataclass(frozen=True, eq=False)
 class FrameResult:
-    """A frame together with what the model found in it: the item that flows from the model to the sinks."""
+    """A frame together with what the model found in it: the item that flows from the model to the sinks.
+
+    After a tracker, ``detections`` are the tracked ones (``track_ids`` set); after the event rules, ``events``
+    holds what happened in this frame and ``occupancy`` the zones' contents.
+    """
 
     frame: Frame
     detections: Detections
+    events: tuple["Event", ...] = ()
+    """Events of this frame, in order (see :class:`Event`)."""
+    occupancy: Mapping[str, Mapping[str, int]] | None = None
+    """Per zone name, per class name: tracked objects of this frame whose anchor is inside the zone (classes the
+    zone counts but does not hold may be absent: read missing ones as 0). None where no zones are configured."""
+
+
+@dataclass(frozen=True, eq=False)
+class Event:
+    """Something that happened to one tracked object, seen by an event rule (:mod:`streamseg.events`).
+
+    ``kind`` and what goes with it:
+
+    - ``"enter"`` / ``"exit"``: the object's anchor point moved into / out of the zone ``region``; an exit carries
+      ``dwell``, the seconds since its enter;
+    - ``"dwell"``: the object has been inside the zone ``region`` for ``dwell`` seconds, at least the zone's
+      threshold (once per visit: loitering);
+    - ``"cross"``: the anchor crossed the directed line ``region``; ``direction`` is ``"in"`` (from the left to
+      the right of A -> B as drawn on screen) or ``"out"``;
+    - ``"forward_collision"``: time-to-collision of an object in the ego lane ``region`` fell below the threshold;
+      ``extras["ttc"]`` holds it in seconds.
+
+    ``time`` is on the stream's clock (``Frame.time``), ``wall_time`` the wall clock of that frame
+    (``Frame.capture_time``). ``box`` and ``anchor`` are the object's in the event's frame, in pixels.
+    """
+
+    kind: str
+    source_id: str
+    frame: int
+    """Index of the frame in which the event happened (``Frame.index``)."""
+    time: float
+    wall_time: float
+    track_id: int
+    label: int
+    class_name: str
+    region: str
+    """Name of the zone, line or ego lane."""
+    box: tuple[float, float, float, float]
+    anchor: tuple[float, float]
+    direction: str | None = None
+    dwell: float | None = None
+    """Seconds inside the zone (``exit`` and ``dwell`` events)."""
+    extras: Mapping[str, float] = field(default_factory=dict)
+    """Numbers specific to one kind (``forward_collision``: ``ttc``, ``scale_rate``)."""

@@ -22,44 +22,12 @@ Each event is a dict ``{"frame", "time", "track_id", "label", "class", "event" (
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
+
+# The geometry lives in streamseg.ops.geometry, shared with the live event rules (streamseg.events); re-exported here.
+from streamseg.ops.geometry import line_side, point_in_polygon, segment_crossed
 
 __all__ = ["point_in_polygon", "line_side", "zone_line_events"]
-
-
-def point_in_polygon(point, polygon: Sequence[Sequence[float]]) -> bool:
-    """Even-odd ray casting towards +x."""
-    x, y = float(point[0]), float(point[1])
-    inside = False
-    n = len(polygon)
-    for i in range(n):
-        x1, y1 = polygon[i]
-        x2, y2 = polygon[(i + 1) % n]
-        if (y1 > y) != (y2 > y):
-            x_at = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
-            if x < x_at:
-                inside = not inside
-    return inside
-
-
-def line_side(point, line) -> bool:
-    """True if ``point`` is on the right of ``A -> B`` as seen on screen (``cross(B - A, P - A) > 0``)."""
-    (ax, ay), (bx, by) = line
-    return (bx - ax) * (float(point[1]) - ay) - (by - ay) * (float(point[0]) - ax) > 0
-
-
-def _meets_segment(p, q, line) -> bool:
-    """Whether the step ``p -> q`` (whose ends lie on different sides of the line) passes within segment A-B."""
-    (ax, ay), (bx, by) = line
-    ex, ey = bx - ax, by - ay
-    cp = ex * (p[1] - ay) - ey * (p[0] - ax)
-    cq = ex * (q[1] - ay) - ey * (q[0] - ax)
-    if cp == cq:
-        return False
-    t = cp / (cp - cq)
-    x, y = p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])
-    lam = ((x - ax) * ex + (y - ay) * ey) / (ex * ex + ey * ey)
-    return 0.0 <= lam <= 1.0
 
 
 def zone_line_events(samples: Iterable[tuple[int, float, Iterable]], zone, line, class_names) -> list[dict]:
@@ -90,7 +58,7 @@ def zone_line_events(samples: Iterable[tuple[int, float, Iterable]], zone, line,
             if line is not None and tid in last_anchor:
                 before = last_anchor[tid]
                 side_before, side_now = line_side(before, line), line_side(anchor, line)
-                if side_before != side_now and _meets_segment(before, anchor, line):
+                if side_before != side_now and segment_crossed(before, anchor, line):
                     emit(index, time, inst, "cross", "line", anchor, direction="in" if side_now else "out")
             last_anchor[tid] = anchor
     return events

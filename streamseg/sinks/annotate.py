@@ -9,13 +9,24 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
 
 from streamseg.types import Detections
 
-__all__ = ["Annotator", "DEFAULT_PALETTE"]
+__all__ = ["Annotator", "DEFAULT_PALETTE", "Overlay"]
+
+
+class Overlay(NamedTuple):
+    """A fixed shape drawn under the detections of every frame: an event zone, a counting line, an ego lane."""
+
+    name: str
+    points: Sequence[tuple[float, float]]
+    """Pixels of the frame."""
+    kind: str = "polygon"
+    """``"polygon"`` (closed outline) or ``"arrow"`` (a directed line from the first point to the last)."""
 
 DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -45,6 +56,7 @@ class Annotator:
         boxes: bool = True,
         labels: bool = True,
         palette: tuple[tuple[int, int, int], ...] = DEFAULT_PALETTE,
+        overlays: Sequence[Overlay] = (),
     ):
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha: expected a value in [0, 1], got {alpha}")
@@ -53,6 +65,15 @@ class Annotator:
         self.alpha = float(alpha)
         self.draw_masks, self.draw_boxes, self.draw_labels = masks, boxes, labels
         self.palette = tuple(tuple(int(c) for c in color) for color in palette)
+        self.overlays = []
+        for overlay in overlays:
+            overlay = Overlay(*overlay)
+            if overlay.kind not in ("polygon", "arrow") or len(overlay.points) < 2:
+                raise ValueError(f"overlay {overlay.name!r}: expected kind 'polygon' or 'arrow' and >= 2 points, got "
+                                 f"{overlay.kind!r} with {len(overlay.points)}")
+            # cv2 draws at integer pixel centres; 4 fractional bits (shift=4) keep sub-pixel positions
+            points = np.round((np.asarray(overlay.points, np.float64) - 0.5) * 16).astype(np.int32).reshape(-1, 2)
+            self.overlays.append((overlay, points))
 
     def color(self, key: int) -> tuple[int, int, int]:
         """Palette colour of a track id or class label: Fibonacci hashing spreads consecutive ids apart."""
@@ -71,6 +92,9 @@ class Annotator:
         if not image.flags.c_contiguous:
             raise ValueError("image: expected a C-contiguous array (cv2 draws in place); pass np.ascontiguousarray")
         height, width = image.shape[:2]
+        short = min(height, width)
+        for overlay, points in self.overlays:
+            self._overlay(image, overlay, points, short)
         n = len(detections)
         if n == 0:
             return image
@@ -80,7 +104,6 @@ class Annotator:
             )
         keys = detections.track_ids if detections.track_ids is not None else detections.labels
         colors = [self.color(k) for k in keys]
-        short = min(height, width)
         thickness = max(1, round(short / 360))
         if self.draw_masks and detections.masks is not None:
             for crop, (x0, y0), color in zip(detections.masks.crops, detections.masks.origins, colors):
@@ -98,6 +121,22 @@ class Annotator:
                 x1, y1, _, _ = _pixel_box(detections.boxes[i], width, height)
                 self._label(image, text, x1, y1, colors[i], short)
         return image
+
+    @staticmethod
+    def _overlay(image: np.ndarray, overlay: Overlay, points: np.ndarray, short: int) -> None:
+        """White outline (dark-edged, readable on any background) and the name at the first point."""
+        thickness = max(1, round(short / 360))
+        for color, width in (((0, 0, 0), thickness + 2), ((255, 255, 255), thickness)):
+            if overlay.kind == "arrow":
+                a, b = (tuple(int(v) for v in p) for p in points[[0, -1]])
+                tip = min(0.5, 12.0 * thickness * 16 / max(1.0, float(np.hypot(*np.subtract(b, a)))))
+                cv2.arrowedLine(image, a, b, color, width, cv2.LINE_AA, shift=4, tipLength=tip)
+            else:
+                cv2.polylines(image, [points], True, color, width, cv2.LINE_AA, shift=4)
+        x, y = (int(v) >> 4 for v in points[0])
+        height, width = image.shape[:2]
+        Annotator._label(image, overlay.name, min(max(x, 0), width - 1), min(max(y, 0), height - 1), (255, 255, 255),
+                         short)
 
     def _blend(self, image: np.ndarray, crop: np.ndarray, x0: int, y0: int, color) -> None:
         if crop.size == 0:

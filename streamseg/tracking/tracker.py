@@ -211,16 +211,19 @@ class Tracker:
 
     ``config``: :class:`TrackerConfig` (defaults when None). ``keep_history``: record every frame's pairs so that
     :meth:`history` can return back-filled tracks (offline scoring); it holds a reference to every frame's
-    detections, so leave it off for endless live streams.
+    detections, so leave it off for endless live streams. ``history_masks=False`` records boxes, scores and labels
+    only (a pipeline that writes a tracks file needs no masks, and masks dominate the memory).
     """
 
-    def __init__(self, config: TrackerConfig | None = None, *, keep_history: bool = False):
+    def __init__(self, config: TrackerConfig | None = None, *, keep_history: bool = False,
+                 history_masks: bool = True):
         if config is None:
             config = TrackerConfig()
         if not isinstance(config, TrackerConfig):
             raise ConfigError(f"Tracker: config must be a TrackerConfig, got {type(config).__name__}")
         self.config = config
         self.keep_history = bool(keep_history)
+        self.history_masks = bool(history_masks)
         self._distance = get_distance(config.distance)
         self._kalman = BoxKalman(config.position_noise, config.velocity_noise)
         self.reset()
@@ -315,7 +318,8 @@ class Tracker:
         columns = candidates[np.concatenate([pair[paired], fresh])]  # back to indices of `detections`
         order = np.argsort(columns, kind="stable")
         if self.keep_history and len(ids):
-            self._history.append((frame_index, _pick(detections, columns[order], boxes[order], ids[order])))
+            self._history.append((frame_index, _pick(detections, columns[order], boxes[order], ids[order],
+                                                     masks=self.history_masks)))
         order = order[states[order] == _CONFIRMED]
         return _pick(detections, columns[order], boxes[order], ids[order])
 
@@ -450,9 +454,11 @@ class Tracker:
         return [(index, _concatenate(frames[index])) for index in sorted(frames)]
 
 
-def _pick(detections: Detections, columns: np.ndarray, boxes: np.ndarray, track_ids: np.ndarray) -> Detections:
-    """``detections[columns]`` with ``boxes`` and ``track_ids`` in one construction (this runs twice per frame)."""
-    masks = None if detections.masks is None else detections.masks[columns]
+def _pick(detections: Detections, columns: np.ndarray, boxes: np.ndarray, track_ids: np.ndarray,
+          masks: bool = True) -> Detections:
+    """``detections[columns]`` with ``boxes`` and ``track_ids`` in one construction (this runs twice per frame);
+    without masks when ``masks`` is False."""
+    masks = None if detections.masks is None or not masks else detections.masks[columns]
     return Detections(boxes, detections.scores[columns], detections.labels[columns], detections.class_names, masks,
                       track_ids)
 

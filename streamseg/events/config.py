@@ -1,0 +1,210 @@
+"""What the event rules are told: zones, lines and the forward-collision warning, as validated settings.
+
+These are the ``[events]`` part of a pipeline file (:mod:`streamseg.config` reads the TOML)::
+
+    [events]
+    units = "pixels"                 # or "relative": every coordinate is a fraction of the frame's width / height
+    occlusion_hold = 1.0             # seconds; restores the hidden bottom of occluded boxes (0: off)
+
+    [[events.zones]]                 # one table per zone
+    name = "entrance"
+    polygon = [[100, 300], [400, 300], [420, 470], [80, 470]]
+    classes = ["person"]             # empty or absent: every class
+    dwell_seconds = 10.0             # optional: a "dwell" event once per visit that lasts this long (loitering)
+
+    [[events.lines]]                 # one table per directed line A -> B
+    name = "counter"
+    points = [[320, 470], [320, 200]]
+    classes = ["car", "truck"]
+
+    [events.collision]               # forward-collision warning (dashcams)
+    ego_lane = [[150, 540], [440, 320], [500, 320], [880, 540]]
+    ttc_seconds = 2.0
+
+Every rule also takes ``anchor`` (see :data:`~streamseg.ops.geometry.ANCHORS`, default ``"bottom_center"``: the
+point where an object stands) and zones and lines take ``min_frames`` (default 1): a change of inside/outside or of
+side counts once it has held for this many consecutive frames of the track, and is then dated back to its first
+frame. 1 is the ground truth's rule; 2-3 suppress the flicker of a jittery detector's box at an edge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from streamseg.errors import ConfigError
+from streamseg.ops.geometry import ANCHORS
+
+__all__ = ["CollisionConfig", "EventsConfig", "LineConfig", "UNITS", "ZoneConfig", "VEHICLES_AND_PEOPLE"]
+
+UNITS = ("pixels", "relative")
+VEHICLES_AND_PEOPLE = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
+"""COCO names of what a forward-collision warning watches by default."""
+
+Point = tuple[float, float]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _points(value: Any, what: str, minimum: int, exactly: bool = False) -> tuple[Point, ...]:
+    """``[[x, y], ...]`` -> a tuple of float pairs, or a ConfigError that shows what was wrong."""
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(_number(v) for v in p) for p in value
+    )
+    count = len(value) if ok else 0
+    if not ok or count < minimum or (exactly and count != minimum):
+        amount = f"exactly {minimum}" if exactly else f"at least {minimum}"
+        raise ConfigError(f"{what}: expected {amount} [x, y] points, got {value!r}")
+    return tuple((float(x), float(y)) for x, y in value)
+
+
+def _classes(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{what}: expected a list of class names, got {value!r}")
+    return tuple(value)
+
+
+def _check_common(owner, what: str) -> None:
+    if owner.anchor not in ANCHORS:
+        raise ConfigError(f"{what}.anchor: expected one of {ANCHORS}, got {owner.anchor!r}")
+    object.__setattr__(owner, "classes", _classes(owner.classes, f"{what}.classes"))
+
+
+def _check_name(name: Any, what: str) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{what}.name: expected a non-empty string, got {name!r}")
+
+
+def _check_min_frames(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what}.min_frames: expected an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    """A polygon zone: ``enter`` / ``exit`` events, occupancy per class and, with ``dwell_seconds``, loitering."""
+
+    name: str
+    polygon: tuple[Point, ...]
+    """At least 3 ``(x, y)`` points (even-odd rule, so a self-intersecting outline still has a defined inside)."""
+    classes: tuple[str, ...] = ()
+    """Class names the zone watches; empty: every class."""
+    dwell_seconds: float | None = None
+    """A ``dwell`` event when one visit lasts this long (stream seconds); None: no dwell events."""
+    anchor: str = "bottom_center"
+    min_frames: int = 1
+
+    def __post_init__(self):
+        what = f"zone {self.name!r}"
+        _check_name(self.name, "zone")
+        object.__setattr__(self, "polygon", _points(self.polygon, f"{what}.polygon", 3))
+        _check_common(self, what)
+        if self.dwell_seconds is not None and not (_number(self.dwell_seconds) and self.dwell_seconds > 0):
+            raise ConfigError(f"{what}.dwell_seconds: expected a number > 0, got {self.dwell_seconds!r}")
+        _check_min_frames(self.min_frames, what)
+
+
+@dataclass(frozen=True)
+class LineConfig:
+    """A directed line ``A -> B``: ``cross`` events, ``"in"`` from its left to its right as drawn on screen."""
+
+    name: str
+    points: tuple[Point, Point]
+    classes: tuple[str, ...] = ()
+    anchor: str = "bottom_center"
+    min_frames: int = 1
+
+    def __post_init__(self):
+        what = f"line {self.name!r}"
+        _check_name(self.name, "line")
+        points = _points(self.points, f"{what}.points", 2, exactly=True)
+        if points[0] == points[1]:
+            raise ConfigError(f"{what}.points: expected two distinct points, got {self.points!r}")
+        object.__setattr__(self, "points", points)
+        _check_common(self, what)
+        _check_min_frames(self.min_frames, what)
+
+
+@dataclass(frozen=True)
+class CollisionConfig:
+    """Forward-collision warning from the looming cue: an object ahead that grows fast is close in time.
+
+    For an object approaching at constant speed its image height ``h`` is proportional to ``1 / distance``, so
+    ``h / (dh/dt) = distance / closing speed``: the time to collision, measured without knowing either. The
+    scale rate ``d ln(h) / dt`` is the least-squares slope of ``ln(h)`` over the track's last ``window_seconds``
+    (smoothing the detector's jitter); ``TTC = 1 / rate``. A ``forward_collision`` event fires when an object of
+    ``classes`` whose anchor is inside ``ego_lane`` has ``TTC <= ttc_seconds``, once per approach: it re-arms when
+    the TTC rises above ``ttc_seconds * rearm_factor``, the object stops approaching or leaves the lane.
+    """
+
+    ego_lane: tuple[Point, ...]
+    ttc_seconds: float = 2.0
+    classes: tuple[str, ...] = VEHICLES_AND_PEOPLE
+    window_seconds: float = 1.0
+    min_samples: int = 5
+    """Observations inside the window needed before a TTC is estimated."""
+    min_height: float = 20.0
+    """Pixels: smaller boxes are too far (and their relative jitter too large) for a meaningful scale rate."""
+    rearm_factor: float = 1.5
+    name: str = "ego_lane"
+    anchor: str = "bottom_center"
+
+    def __post_init__(self):
+        what = "collision"
+        _check_name(self.name, what)
+        object.__setattr__(self, "ego_lane", _points(self.ego_lane, f"{what}.ego_lane", 3))
+        _check_common(self, what)
+        for name in ("ttc_seconds", "window_seconds"):
+            value = getattr(self, name)
+            if not (_number(value) and value > 0):
+                raise ConfigError(f"{what}.{name}: expected a number > 0, got {value!r}")
+        if not (_number(self.min_height) and self.min_height >= 0):
+            raise ConfigError(f"{what}.min_height: expected a number >= 0, got {self.min_height!r}")
+        if not (_number(self.rearm_factor) and self.rearm_factor >= 1):
+            raise ConfigError(f"{what}.rearm_factor: expected a number >= 1, got {self.rearm_factor!r}")
+        if isinstance(self.min_samples, bool) or not isinstance(self.min_samples, int) or self.min_samples < 2:
+            raise ConfigError(f"{what}.min_samples: expected an integer >= 2, got {self.min_samples!r}")
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """Every rule of one pipeline. Names must be unique across zones, lines and the ego lane (events name them)."""
+
+    zones: tuple[ZoneConfig, ...] = ()
+    lines: tuple[LineConfig, ...] = ()
+    collision: CollisionConfig | None = None
+    units: str = "pixels"
+    """``"pixels"`` of the upright frame, or ``"relative"``: x as a fraction of the width, y of the height (one
+    file then fits any resolution, e.g. a camera whose size is not known in advance)."""
+    occlusion_hold: float = 1.0
+    """Seconds a track's recent full height is remembered to restore the bottom of its box when a nearer object
+    hides it (:mod:`streamseg.events.occlusion`); 0 turns it off (zones and lines then see the boxes as detected)."""
+    occlusion_ratio: float = 0.7
+    """A box counts as cut from below when shorter than this fraction of that remembered height."""
+
+    def __post_init__(self):
+        if self.units not in UNITS:
+            raise ConfigError(f"events.units: expected one of {UNITS}, got {self.units!r}")
+        if not (_number(self.occlusion_hold) and self.occlusion_hold >= 0):
+            raise ConfigError(f"events.occlusion_hold: expected seconds >= 0, got {self.occlusion_hold!r}")
+        if not (_number(self.occlusion_ratio) and 0 < self.occlusion_ratio < 1):
+            raise ConfigError(f"events.occlusion_ratio: expected a number in (0, 1), got {self.occlusion_ratio!r}")
+        object.__setattr__(self, "zones", tuple(self.zones))
+        object.__setattr__(self, "lines", tuple(self.lines))
+        names = [z.name for z in self.zones] + [line.name for line in self.lines]
+        if self.collision is not None:
+            names.append(self.collision.name)
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"events: names must be unique across zones, lines and the ego lane, repeated: "
+                              f"{', '.join(repr(n) for n in repeated)}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any rule is configured."""
+        return bool(self.zones or self.lines or self.collision is not None)
