@@ -199,22 +199,31 @@ class TorchMaskRCNN:
         return tensor.permute(2, 0, 1).float().div_(255.0)
 
     def _to_detections(self, raw: dict, image_size: tuple[int, int]) -> Detections:
-        boxes, scores, labels = raw["boxes"].float(), raw["scores"].float(), raw["labels"]
-        probs = raw["masks"].float()
-        if self.keep_labels is not None:
-            keep = torch.from_numpy(np.isin(labels.cpu().numpy(), self.keep_labels)).to(boxes.device)
-            boxes, scores, labels, probs = boxes[keep], scores[keep], labels[keep], probs[keep]
-        paste_boxes = boxes + boxes.new_tensor(raw["paste_shift"] * 2) if self.arch.paste_shift else boxes
-        masks = paste_masks_compact(probs[:, 0], paste_boxes, image_size, self.options.mask_threshold)
-        return Detections(
-            boxes.cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy(), self.class_names, masks
-        )
+        return to_detections(raw, image_size, self.class_names, self.keep_labels, self.arch.paste_shift,
+                             self.options.mask_threshold)
 
     def close(self) -> None:
         """Release the model (and its GPU memory) now rather than when the garbage collector gets to it."""
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def to_detections(
+    raw: dict, image_size: tuple[int, int], class_names: tuple[str, ...], keep_labels: np.ndarray | None,
+    paste_shift: float, mask_threshold: float,
+) -> Detections:
+    """torchvision-style per-image results (``boxes`` in frame pixels, ``scores``, ``labels``, ``masks``
+    ``[N, 1, M, M]`` probabilities, ``paste_shift`` per axis) -> :class:`Detections` with compact pasted masks.
+    Shared by every backend so that their masks are pasted by the same arithmetic."""
+    boxes, scores, labels = raw["boxes"].float(), raw["scores"].float(), raw["labels"]
+    probs = raw["masks"].float()
+    if keep_labels is not None:
+        keep = torch.from_numpy(np.isin(labels.cpu().numpy(), keep_labels)).to(boxes.device)
+        boxes, scores, labels, probs = boxes[keep], scores[keep], labels[keep], probs[keep]
+    paste_boxes = boxes + boxes.new_tensor(raw["paste_shift"] * 2) if paste_shift else boxes
+    masks = paste_masks_compact(probs[:, 0], paste_boxes, image_size, mask_threshold)
+    return Detections(boxes.cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy(), class_names, masks)
 
 
 def paste_masks_compact(

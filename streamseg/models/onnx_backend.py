@@ -1,0 +1,245 @@
+"""Mask R-CNN in ONNX Runtime behind the :class:`~streamseg.models.backend.Backend` interface.
+
+Runs a file written by ``streamseg export onnx`` (:mod:`streamseg.export.onnx_export`): the dense stages (backbone +
+FPN + RPN head, box head, mask head, each with its multi-level RoIAlign) in ONNX Runtime, and between them the parts
+that ONNX Runtime's CPU kernels do slowly (NonMaxSuppression over thousands of proposals: ~6 s per 800 px frame;
+the mask-paste Loop: ~3 s) with torchvision's own C++ ops and streamseg's compact paste, which are the same code
+the torch backend runs, so both backends post-process identically. Pre-processing is torchvision's
+GeneralizedRCNNTransform, built from the normalization and size policy in the file's metadata.
+
+Providers are tried in the order TensorRT, CUDA, CPU for ``device="cuda"`` and CPU alone for ``device="cpu"``; one
+log line says which one runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
+from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+from streamseg.errors import ConfigError, WeightsError
+from streamseg.models.backend import ModelOptions
+from streamseg.models.torch_maskrcnn import to_detections
+from streamseg.types import Detections, Frame
+
+log = logging.getLogger(__name__)
+
+PROVIDERS_GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def _require_onnxruntime():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError as err:
+        raise ConfigError("the onnx backend needs onnx and onnxruntime: pip install 'streamseg[onnx]'") from err
+    return onnxruntime
+
+
+def default_session_options(threads: int | None = None):
+    """Session options tuned for this pipeline on a CPU.
+
+    - intra-op threads = torch's thread count (the host stages use torch too; more threads than cores thrash);
+    - one inter-op thread, sequential execution: the stages are chains, parallel branches buy nothing;
+    - ORT_ENABLE_ALL: conv+activation fusion and the NCHWc layout transformer, the main CPU win over eager torch;
+    - CPU memory arena and memory patterns on: input sizes repeat frame after frame, so buffers are reused;
+    - no spinning of idle worker threads: the decoder and encoder threads of the pipeline share these cores.
+    """
+    ort = _require_onnxruntime()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_cpu_mem_arena = True
+    so.enable_mem_pattern = True
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3  # ORT's own warnings (e.g. unused CUDA libraries on a CPU box) stay out of the logs
+    return so
+
+
+def providers_for(device: str) -> list:
+    ort = _require_onnxruntime()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    index = int(device.split(":")[1]) if ":" in device else 0
+    available = set(ort.get_available_providers())
+    chosen = []
+    for name in PROVIDERS_GPU:
+        if name in available:
+            chosen.append((name, {"device_id": index}) if name != "CPUExecutionProvider" else name)
+    return chosen
+
+
+class OnnxMaskRCNN:
+    """ONNX Runtime Mask R-CNN.
+
+    ``options.weights`` names a ``.onnx`` file from ``streamseg export onnx``; anything else (a checkpoint, None for
+    the demo model, ``random:SEED``) is exported first into a temporary file with ``flavour``.
+
+    >>> backend = OnnxMaskRCNN(ModelOptions(weights="model.onnx"))  # doctest: +SKIP
+    >>> [dets] = backend.predict([frame])  # doctest: +SKIP
+    """
+
+    name = "onnx"
+
+    def __init__(self, options: ModelOptions = ModelOptions(), flavour: str = "portable",
+                 session_options=None):
+        import onnx
+        from onnx.utils import Extractor
+
+        from streamseg.export import ort_ops
+        from streamseg.export.onnx_export import read_metadata, export_onnx
+
+        ort = _require_onnxruntime()
+        if options.fp16:
+            raise ConfigError("model.fp16: the onnx backend runs the exported float32 graph (export for fp16 engines "
+                              "goes through TensorRT)")
+        self.options = options
+        path = Path(options.weights) if options.weights and options.weights.endswith(".onnx") else None
+        if path is not None:
+            if not path.is_file():
+                raise WeightsError(f"ONNX model not found: {path}")
+            model = onnx.load(str(path))
+            self.origin = str(path)
+        else:
+            with tempfile.TemporaryDirectory(prefix="streamseg-onnx-") as tmp:
+                exported = export_onnx(Path(tmp) / "model.onnx", options, flavour=flavour)
+                model = onnx.load(str(exported))
+            self.origin = f"{options.weights or 'demo model'} (exported, {flavour})"
+        meta = read_metadata(model, str(path or "export"))
+        self.meta = meta
+        self.class_names = tuple(meta["class_names"])
+        self.flavour = meta["flavour"]
+        self.paste_shift = float(meta["paste_shift"])
+        self.keep_labels = self._labels_for(options.classes)
+        self.transform, self.rpn, self.heads = self._host_stages(meta, options)
+
+        so = ort_ops.session_options(model, session_options or default_session_options())
+        providers = providers_for(options.device)
+        extractor = Extractor(model)
+        self.sessions = {}
+        for stage, io in meta["stages"].items():
+            sub = extractor.extract_model(io["inputs"], io["outputs"])
+            sub.ir_version = model.ir_version
+            self.sessions[stage] = ort.InferenceSession(sub.SerializeToString(), so, providers=providers)
+        running = self.sessions["rpn"].get_providers()[0]
+        log.info("onnx backend: %s on %s (%s RoIAlign)", meta["arch"], running, self.flavour)
+        if options.device != "cpu" and running == "CPUExecutionProvider":
+            log.warning("onnx backend: %s requested but no GPU provider could start; running on CPU", options.device)
+        self.provider = running
+        self.rpn_outputs = meta["stages"]["rpn"]["outputs"]
+
+    def _labels_for(self, classes: Sequence[str]) -> np.ndarray | None:
+        if not classes:
+            return None
+        unknown = [c for c in classes if c not in self.class_names]
+        if unknown:
+            raise ConfigError(f"model.classes: unknown class names {unknown} (model knows {list(self.class_names)})")
+        return np.array([self.class_names.index(c) for c in classes], dtype=np.int64)
+
+    @staticmethod
+    def _host_stages(meta: dict, options: ModelOptions):
+        """torchvision's own pre/post-processing modules, rebuilt from the metadata (no weights in them)."""
+        size, norm, rpn_m, heads_m = meta["size"], meta["normalization"], meta["rpn"], meta["roi_heads"]
+        transform = GeneralizedRCNNTransform(
+            options.min_size or size["min_size"], options.max_size or size["max_size"], norm["mean"], norm["std"],
+            size_divisible=size["size_divisible"],
+        )
+        anchors = AnchorGenerator(tuple(map(tuple, meta["anchors"]["sizes"])),
+                                  tuple(map(tuple, meta["anchors"]["aspect_ratios"])))
+        post = options.rpn_post_nms_top_n or rpn_m["post_nms_top_n"]
+        rpn = RegionProposalNetwork(
+            anchors, nn.Identity(), 0.7, 0.3, 256, 0.5,
+            pre_nms_top_n={"training": rpn_m["pre_nms_top_n"], "testing": rpn_m["pre_nms_top_n"]},
+            post_nms_top_n={"training": post, "testing": post},
+            nms_thresh=rpn_m["nms_thresh"], score_thresh=rpn_m["score_thresh"],
+        )
+        heads = RoIHeads(
+            None, None, None, 0.5, 0.5, 512, 0.25, tuple(heads_m["box_weights"]),
+            options.score_threshold, heads_m["nms_thresh"], options.max_detections or heads_m["detections_per_img"],
+        )
+        return transform.eval(), rpn.eval(), heads.eval()
+
+    @torch.inference_mode()
+    def predict(self, frames: Sequence[Frame]) -> list[Detections]:
+        if not frames:
+            return []
+        images = [torch.from_numpy(f.image).permute(2, 0, 1).float().div_(255.0) for f in frames]
+        raw = self._forward(images)
+        return [
+            to_detections(r, (f.height, f.width), self.class_names, self.keep_labels, self.paste_shift,
+                          self.options.mask_threshold)
+            for r, f in zip(raw, frames)
+        ]
+
+    def _forward(self, images: list[torch.Tensor]) -> list[dict]:
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, _ = self.transform(images)
+        sizes = image_list.image_sizes
+        outputs = self.sessions["rpn"].run(self.rpn_outputs, {"images": image_list.tensors.numpy()})
+        features = dict(zip(self.rpn_outputs[:4], outputs[:4]))
+        levels = (len(outputs) - 4) // 2
+        objectness = [torch.from_numpy(o) for o in outputs[4 : 4 + levels]]
+        deltas = [torch.from_numpy(d) for d in outputs[4 + levels :]]
+        proposals = self._proposals(image_list, objectness, deltas)
+
+        rois = _to_rois(proposals)
+        if len(rois):
+            class_logits, box_regression = self.sessions["box"].run(None, {**features, "box_rois": rois.numpy()})
+            boxes, scores, labels = self.heads.postprocess_detections(
+                torch.from_numpy(class_logits), torch.from_numpy(box_regression), proposals, sizes)
+        else:
+            boxes = [torch.zeros((0, 4)) for _ in images]
+            scores = [torch.zeros(0) for _ in images]
+            labels = [torch.zeros(0, dtype=torch.int64) for _ in images]
+
+        mask_rois = _to_rois(boxes)
+        m = self.meta["roi_align"]["mask"]["output_height"] * 2
+        if len(mask_rois):
+            (mask_logits,) = self.sessions["mask"].run(None, {**features, "mask_rois": mask_rois.numpy()})
+            probs = maskrcnn_inference(torch.from_numpy(mask_logits), labels)
+        else:
+            probs = [torch.zeros((len(b), 1, m, m)) for b in boxes]
+
+        results = []
+        for b, s, lab, p, input_size, original in zip(boxes, scores, labels, probs, sizes, original_sizes):
+            results.append({
+                "boxes": resize_boxes(b, input_size, original), "scores": s, "labels": lab, "masks": p,
+                "paste_shift": [self.paste_shift * o / i for o, i in zip(original[::-1], input_size[::-1])],
+            })
+        return results
+
+    def _proposals(self, image_list, objectness: list[torch.Tensor], deltas: list[torch.Tensor]) -> list[torch.Tensor]:
+        """torchvision's RegionProposalNetwork.forward after its head: anchors, decode, per-level top-n, NMS."""
+        rpn = self.rpn
+        anchors = rpn.anchor_generator(image_list, objectness)  # only the maps' sizes are read
+        num_images = len(anchors)
+        num_anchors_per_level = [o[0].numel() for o in objectness]
+        flat_objectness, flat_deltas = concat_box_prediction_layers(objectness, deltas)
+        proposals = rpn.box_coder.decode(flat_deltas, anchors).view(num_images, -1, 4)
+        boxes, _ = rpn.filter_proposals(proposals, flat_objectness, image_list.image_sizes, num_anchors_per_level)
+        return boxes
+
+    def close(self) -> None:
+        self.sessions = {}
+
+
+def _to_rois(boxes: list[torch.Tensor]) -> torch.Tensor:
+    """Per-image ``[K_i, 4]`` boxes -> ``[sum K_i, 5]`` rows ``(batch_index, x1, y1, x2, y2)``."""
+    rows = [torch.cat([torch.full((len(b), 1), float(i)), b.float()], dim=1) for i, b in enumerate(boxes)]
+    return torch.cat(rows) if rows else torch.zeros((0, 5))
+
+
+def is_onnx_weights(weights: str | None) -> bool:
+    return bool(weights) and bool(re.search(r"\.onnx$", weights))
