@@ -1,0 +1,300 @@
+// Multi-level RoIAlign kernel (see multi_level_roi_align.h for the contract).
+//
+// One launch for all levels: one thread per output element (roi, channel, ph, pw). Each thread picks its RoI's
+// level itself (five loads and a log2, cheap next to the 4 x samples bilinear reads), so there is no per-level
+// gather, no scatter and no temporary buffer, and zero RoIs need no launch at all.
+//
+// The RoIAlign arithmetic follows torchvision's roi_align CUDA kernel operation for operation (sample positions,
+// the aligned / not-aligned roi size rule, adaptive sampling for sampling_ratio 0, the bilinear edge rules) so the
+// result matches torchvision.ops.roi_align run level by level to float32 rounding.
+
+#include "multi_level_roi_align.h"
+
+#include <cmath>
+#include <cuda_fp16.h>
+
+namespace streamseg
+{
+namespace
+{
+
+struct LevelParams
+{
+    void const* data[kMaxLevels];
+    int32_t height[kMaxLevels];
+    int32_t width[kMaxLevels];
+    float spatialScale[kMaxLevels];
+    int32_t numLevels;
+    float kMin;  // log2(finest stride): torchvision's k_min
+    float k0;    // canonical level, k_min + 2 (4 for stride-4 P2)
+    float s0;    // canonical scale, 4 * finest_scale (224)
+};
+
+template <typename T>
+__device__ __forceinline__ float load(T const* p, int64_t i);
+
+template <>
+__device__ __forceinline__ float load<float>(float const* p, int64_t i)
+{
+    return __ldg(p + i);
+}
+
+template <>
+__device__ __forceinline__ float load<__half>(__half const* p, int64_t i)
+{
+    return __half2float(p[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store(T* p, int64_t i, float v);
+
+template <>
+__device__ __forceinline__ void store<float>(float* p, int64_t i, float v)
+{
+    p[i] = v;
+}
+
+template <>
+__device__ __forceinline__ void store<__half>(__half* p, int64_t i, float v)
+{
+    p[i] = __float2half_rn(v);
+}
+
+// torchvision's bilinear_interpolate: zero outside [-1, size], edge clamping inside.
+template <typename T>
+__device__ float bilinear(T const* plane, int32_t height, int32_t width, float y, float x)
+{
+    if (y < -1.0f || y > static_cast<float>(height) || x < -1.0f || x > static_cast<float>(width))
+    {
+        return 0.0f;
+    }
+    if (y <= 0.0f)
+    {
+        y = 0.0f;
+    }
+    if (x <= 0.0f)
+    {
+        x = 0.0f;
+    }
+    int32_t yLow = static_cast<int32_t>(y);
+    int32_t xLow = static_cast<int32_t>(x);
+    int32_t yHigh;
+    int32_t xHigh;
+    if (yLow >= height - 1)
+    {
+        yHigh = yLow = height - 1;
+        y = static_cast<float>(yLow);
+    }
+    else
+    {
+        yHigh = yLow + 1;
+    }
+    if (xLow >= width - 1)
+    {
+        xHigh = xLow = width - 1;
+        x = static_cast<float>(xLow);
+    }
+    else
+    {
+        xHigh = xLow + 1;
+    }
+    float const ly = y - static_cast<float>(yLow);
+    float const lx = x - static_cast<float>(xLow);
+    float const hy = 1.0f - ly;
+    float const hx = 1.0f - lx;
+    float const v1 = load(plane, static_cast<int64_t>(yLow) * width + xLow);
+    float const v2 = load(plane, static_cast<int64_t>(yLow) * width + xHigh);
+    float const v3 = load(plane, static_cast<int64_t>(yHigh) * width + xLow);
+    float const v4 = load(plane, static_cast<int64_t>(yHigh) * width + xHigh);
+    float const w1 = hy * hx;
+    float const w2 = hy * lx;
+    float const w3 = ly * hx;
+    float const w4 = ly * lx;
+    return w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4;
+}
+
+// Level index of a box, as torchvision's LevelMapper computes it (float32, same operation order; the epsilon is
+// added after log2, not inside it). A NaN area (degenerate box) lands on the finest level.
+__device__ __forceinline__ int32_t levelOf(float x1, float y1, float x2, float y2, LevelParams const& lp)
+{
+    float const area = (x2 - x1) * (y2 - y1);
+    float const scale = sqrtf(area);
+    float k = lp.k0 + log2f(scale / lp.s0);
+    k = k + 1e-6f;
+    k = floorf(k);
+    k = fminf(fmaxf(k, lp.kMin), lp.kMin + static_cast<float>(lp.numLevels - 1));
+    return static_cast<int32_t>(k) - static_cast<int32_t>(lp.kMin);
+}
+
+template <typename T, typename RoiT>
+__global__ void multiLevelRoIAlignKernel(int64_t total, RoiT const* __restrict__ rois, LevelParams lp,
+    int32_t batch, int32_t channels, int32_t outH, int32_t outW, int32_t samplingRatio, bool aligned,
+    float roiScaleFactor, T* __restrict__ output)
+{
+    for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
+         index += static_cast<int64_t>(blockDim.x) * gridDim.x)
+    {
+        int32_t const pw = static_cast<int32_t>(index % outW);
+        int32_t const ph = static_cast<int32_t>((index / outW) % outH);
+        int32_t const c = static_cast<int32_t>((index / outW / outH) % channels);
+        int64_t const r = index / outW / outH / channels;
+
+        RoiT const* roi = rois + r * 5;
+        int32_t const b = static_cast<int32_t>(load(roi, 0));
+        float x1 = load(roi, 1);
+        float y1 = load(roi, 2);
+        float x2 = load(roi, 3);
+        float y2 = load(roi, 4);
+        if (roiScaleFactor != 1.0f)
+        {
+            // grow about the centre, as streamseg.ops.roi_align.scale_rois (applied before the level choice)
+            float const cx = (x1 + x2) * 0.5f;
+            float const cy = (y1 + y2) * 0.5f;
+            float const hw = (x2 - x1) * (0.5f * roiScaleFactor);
+            float const hh = (y2 - y1) * (0.5f * roiScaleFactor);
+            x1 = cx - hw;
+            x2 = cx + hw;
+            y1 = cy - hh;
+            y2 = cy + hh;
+        }
+        if (b < 0 || b >= batch)
+        {
+            store(output, index, 0.0f);  // an invalid batch index reads nothing (torchvision would read out of bounds)
+            continue;
+        }
+        int32_t const level = levelOf(x1, y1, x2, y2, lp);
+        int32_t const height = lp.height[level];
+        int32_t const width = lp.width[level];
+        float const scale = lp.spatialScale[level];
+        T const* plane = static_cast<T const*>(lp.data[level]) + (static_cast<int64_t>(b) * channels + c) * height * width;
+
+        float const offset = aligned ? 0.5f : 0.0f;
+        float const roiStartW = x1 * scale - offset;
+        float const roiStartH = y1 * scale - offset;
+        float const roiEndW = x2 * scale - offset;
+        float const roiEndH = y2 * scale - offset;
+        float roiWidth = roiEndW - roiStartW;
+        float roiHeight = roiEndH - roiStartH;
+        if (!aligned)
+        {
+            roiWidth = fmaxf(roiWidth, 1.0f);
+            roiHeight = fmaxf(roiHeight, 1.0f);
+        }
+        float const binH = roiHeight / static_cast<float>(outH);
+        float const binW = roiWidth / static_cast<float>(outW);
+        int32_t const gridH = samplingRatio > 0 ? samplingRatio : static_cast<int32_t>(ceilf(roiHeight / outH));
+        int32_t const gridW = samplingRatio > 0 ? samplingRatio : static_cast<int32_t>(ceilf(roiWidth / outW));
+        float const count = static_cast<float>(max(gridH * gridW, 1));
+
+        float sum = 0.0f;
+        for (int32_t iy = 0; iy < gridH; ++iy)
+        {
+            float const y = roiStartH + ph * binH + static_cast<float>(iy + .5f) * binH / static_cast<float>(gridH);
+            for (int32_t ix = 0; ix < gridW; ++ix)
+            {
+                float const x = roiStartW + pw * binW + static_cast<float>(ix + .5f) * binW / static_cast<float>(gridW);
+                sum += bilinear(plane, height, width, y, x);
+            }
+        }
+        store(output, index, sum / count);
+    }
+}
+
+template <typename T, typename RoiT>
+cudaError_t launch(int64_t total, void const* rois, LevelParams const& lp, FeatureMaps const& features,
+    MultiLevelRoIAlignAttributes const& a, void* output, cudaStream_t stream)
+{
+    constexpr int32_t kThreads = 256;
+    int64_t const blocksNeeded = (total + kThreads - 1) / kThreads;
+    int32_t const blocks = static_cast<int32_t>(blocksNeeded < 65535 * 8 ? blocksNeeded : 65535 * 8);
+    multiLevelRoIAlignKernel<T, RoiT><<<blocks, kThreads, 0, stream>>>(total, static_cast<RoiT const*>(rois), lp,
+        features.batch, features.channels, a.outputHeight, a.outputWidth, a.samplingRatio, a.aligned != 0,
+        a.roiScaleFactor, static_cast<T*>(output));
+    return cudaGetLastError();
+}
+
+} // namespace
+
+char const* validateAttributes(MultiLevelRoIAlignAttributes const& a)
+{
+    if (a.outputHeight < 1 || a.outputWidth < 1)
+    {
+        return "output_height and output_width must be >= 1";
+    }
+    if (a.samplingRatio < 0)
+    {
+        return "sampling_ratio must be >= 0 (0: adaptive)";
+    }
+    if (a.poolMode != 1)
+    {
+        return "pool_mode: only 1 (avg, what torchvision's RoIAlign computes) is implemented";
+    }
+    if (a.aligned != 0 && a.aligned != 1)
+    {
+        return "aligned must be 0 or 1";
+    }
+    if (a.numLevels < 1 || a.numLevels > kMaxLevels)
+    {
+        return "featmap_strides: 1 to 8 levels are supported";
+    }
+    for (int32_t l = 0; l < a.numLevels; ++l)
+    {
+        float const k = std::log2(a.featmapStrides[l]);
+        if (!(a.featmapStrides[l] > 0.f) || k != std::round(k) || (l > 0 && a.featmapStrides[l] != 2.f * a.featmapStrides[l - 1]))
+        {
+            return "featmap_strides must be powers of two, each twice the one before (a pyramid, finest first)";
+        }
+    }
+    if (a.finestScale <= 0)
+    {
+        return "finest_scale must be > 0";
+    }
+    if (!(a.roiScaleFactor > 0.f))
+    {
+        return "roi_scale_factor must be > 0";
+    }
+    return nullptr;
+}
+
+cudaError_t multiLevelRoIAlignForward(MultiLevelRoIAlignAttributes const& a, int64_t numRois, void const* rois,
+    ElementType roiType, FeatureMaps const& features, ElementType featureType, void* output, cudaStream_t stream)
+{
+    int64_t const total = numRois * features.channels * a.outputHeight * a.outputWidth;
+    if (total <= 0)
+    {
+        return cudaSuccess;  // zero RoIs (or channels): nothing to write, nothing to launch
+    }
+    if (validateAttributes(a) != nullptr)
+    {
+        return cudaErrorInvalidValue;
+    }
+    LevelParams lp{};
+    for (int32_t l = 0; l < a.numLevels; ++l)
+    {
+        lp.data[l] = features.data[l];
+        lp.height[l] = features.height[l];
+        lp.width[l] = features.width[l];
+        lp.spatialScale[l] = static_cast<float>(1.0 / static_cast<double>(a.featmapStrides[l]));
+    }
+    lp.numLevels = a.numLevels;
+    double const kMin = std::log2(static_cast<double>(a.featmapStrides[0]));
+    lp.kMin = static_cast<float>(kMin);
+    lp.k0 = static_cast<float>(kMin + 2.0);
+    lp.s0 = static_cast<float>(4.0 * a.finestScale);
+
+    if (featureType == ElementType::kFloat32 && roiType == ElementType::kFloat32)
+    {
+        return launch<float, float>(total, rois, lp, features, a, output, stream);
+    }
+    if (featureType == ElementType::kFloat16 && roiType == ElementType::kFloat16)
+    {
+        return launch<__half, __half>(total, rois, lp, features, a, output, stream);
+    }
+    if (featureType == ElementType::kFloat16 && roiType == ElementType::kFloat32)
+    {
+        return launch<__half, float>(total, rois, lp, features, a, output, stream);
+    }
+    return cudaErrorInvalidValue;  // float16 rois with float32 features: not a combination the plugin offers
+}
+
+} // namespace streamseg
