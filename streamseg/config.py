@@ -10,6 +10,7 @@ A file has top-level ``sources`` and ``output_dir`` plus one table per stage kin
     [sinks]    video, detections, coco, codec, preset, crf, tracks, events, zone_counts, summary
     [tracker]  enabled (true when the table is present) and every field of streamseg.tracking.TrackerConfig
     [events]   units, [[events.zones]], [[events.lines]], [events.collision]  (streamseg.events.config)
+    [live]     live streams (rtsp://, http(s)://, v4l2://): transport, timeouts, reconnect, metrics, recording
 
 Unknown keys and wrong types are errors that name the key, the file and what was expected: a typo must never
 silently fall back to a default.
@@ -87,6 +88,57 @@ class SinkOptions:
 
 
 @dataclass(frozen=True)
+class LiveOptions:
+    """``[live]``: how live streams (rtsp://, http(s)://, v4l2://, /dev/video*) are read, served and recorded."""
+
+    transport: str = "tcp"
+    """RTSP transport: ``tcp`` (interleaved, survives NAT and loss) or ``udp``."""
+    connect_timeout: float = 5.0
+    read_timeout: float = 5.0
+    """Seconds without data after which a connected camera counts as down."""
+    connect_attempts: int = 3
+    """Tries of the first connection before the run fails with an error."""
+    reconnect_initial: float = 0.5
+    reconnect_max: float = 30.0
+    """Backoff between reconnect attempts: doubles from ``reconnect_initial`` up to ``reconnect_max`` seconds,
+    with +-20 % jitter."""
+    max_attempts: int | None = None
+    """Failed reconnects in a row after which a stream is given up (None: never; the other streams go on)."""
+    buffer: int = 1
+    """Frames held per stream for the model: 1 = always the freshest frame (older ones are dropped, counted)."""
+    cross_stream_batching: bool = True
+    """One model forward over the freshest frame of every stream that has one (off: one frame per forward)."""
+    metrics_port: int | None = None
+    """Serve Prometheus ``/metrics`` and ``/healthz`` on this port (0: any free port; None: off)."""
+    metrics_host: str = "127.0.0.1"
+    segment_minutes: float | None = None
+    """Rolling recording of each camera (stream copy, no re-encoding) in MP4 segments of this many minutes."""
+    clips: bool = False
+    """An MP4 clip per event, from ``clip_pre`` seconds before it to ``clip_post`` after (stream copy)."""
+    clip_pre: float = 5.0
+    clip_post: float = 5.0
+
+    def __post_init__(self):
+        checks = {
+            "transport": self.transport in ("tcp", "udp"),
+            "connect_timeout": self.connect_timeout > 0,
+            "read_timeout": self.read_timeout > 0,
+            "connect_attempts": self.connect_attempts >= 1,
+            "reconnect_initial": self.reconnect_initial > 0,
+            "reconnect_max": self.reconnect_max >= self.reconnect_initial,
+            "max_attempts": self.max_attempts is None or self.max_attempts >= 1,
+            "buffer": self.buffer >= 1,
+            "metrics_port": self.metrics_port is None or 0 <= self.metrics_port <= 65535,
+            "segment_minutes": self.segment_minutes is None or self.segment_minutes > 0,
+            "clip_pre": self.clip_pre >= 0,
+            "clip_post": self.clip_post >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"live.{name}: invalid value {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
 class TrackerOptions:
     """``[tracker]``: ``enabled`` plus the tracker's own settings (every field of :class:`TrackerConfig`). Without
     a ``[tracker]`` table tracking is off; with one, ``enabled`` defaults to true."""
@@ -106,13 +158,15 @@ class PipelineConfig:
     sinks: SinkOptions = field(default_factory=SinkOptions)
     tracker: TrackerOptions = field(default_factory=TrackerOptions)
     events: EventsConfig = field(default_factory=EventsConfig)
+    live: LiveOptions = field(default_factory=LiveOptions)
 
     def __post_init__(self):
         if self.events.enabled and not self.tracker.enabled:
             raise ConfigError("[events] needs tracks: add a [tracker] table (enabled = true) or pass --track")
 
 
-SECTIONS = {"source": SourceOptions, "model": ModelOptions, "graph": GraphOptions, "sinks": SinkOptions}
+SECTIONS = {"source": SourceOptions, "model": ModelOptions, "graph": GraphOptions, "sinks": SinkOptions,
+            "live": LiveOptions}
 
 
 def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:

@@ -15,11 +15,17 @@ from streamseg.errors import ConfigError
 from streamseg.sources.base import Source
 from streamseg.sources.describe import describe, format_description
 from streamseg.sources.images import IMAGE_EXTENSIONS, ImageFolderSource, is_image_input
+from streamseg.sources.live import LiveSource, Reconnect, StreamStatus, is_live_input, live_source_id
 from streamseg.sources.video import VideoFileSource
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolderSource",
+    "LiveSource",
+    "Reconnect",
+    "StreamStatus",
+    "is_live_input",
+    "live_source_id",
     "SOURCE_KINDS",
     "Source",
     "VideoFileSource",
@@ -29,16 +35,18 @@ __all__ = [
 ]
 
 SOURCE_KINDS: tuple[tuple[Callable[[str], bool], Callable[..., Source]], ...] = (
+    (is_live_input, LiveSource),  # rtsp://, http(s):// (HLS), v4l2:// and /dev/video*
     (is_image_input, ImageFolderSource),
     (lambda uri: True, VideoFileSource),  # anything else is for FFmpeg to read
 )
-"""``(matches(uri), build(uri, **options))`` pairs, tried in order. A new kind (live streams) goes before the
-catch-all file reader."""
+"""``(matches(uri), build(uri, **options))`` pairs, tried in order. Live streams come first: a URL is never a
+file name."""
 
 
 def open_source(uri: str, **options) -> Source:
     """The source for ``uri``, already open (``info`` is valid): a folder, glob pattern (``*``, ``?``, ``[``) or
-    image file gives an :class:`ImageFolderSource`, anything else a :class:`VideoFileSource`. ``options`` go to
+    image file gives an :class:`ImageFolderSource`, a stream URL (rtsp://, http(s)://, v4l2://) or /dev/video*
+    a :class:`LiveSource`, anything else a :class:`VideoFileSource`. ``options`` go to
     the source's constructor. Use it in a ``with`` block, or call ``close()``."""
     uri = str(uri)
     build = next(build for matches, build in SOURCE_KINDS if matches(uri))

@@ -1,0 +1,415 @@
+"""Composition for live cameras: many streams in one process, one model, bounded latency.
+
+Each camera is a :class:`~streamseg.sources.LiveSource` whose reader thread keeps only its freshest frame. The
+graph is ``detect -> analyze -> write``:
+
+- ``detect`` pulls, whenever the model is free, the freshest frame of every stream that has a new one (round
+  robin) and runs them as one batch (``live.cross_stream_batching``; off: one frame per forward). It never waits
+  on a particular camera, so a camera that is down or slow cannot stall the others;
+- ``analyze`` routes each result to its stream's own tracker and event rules (state never crosses streams; a new
+  resolution after a reconnect rebuilds them);
+- ``write`` routes to the stream's own sinks and records the capture-to-result latency; a failing sink disables
+  that stream's outputs, not the run.
+
+Outputs per stream ``<id>`` under ``output_dir``: ``<id>.mp4`` (annotated), ``<id>.detections.jsonl``,
+``<id>.events.jsonl`` and ``<id>.zone_counts.csv`` (with events), ``<id>.streams.jsonl`` (``stream_up`` /
+``stream_down`` / ``stream_failed``, schema ``streamseg.stream_events/1``), ``<id>/segments/*.mp4`` (rolling
+recording) and ``<id>/clips/*.mp4`` (event clips). Trackers keep no history here (tracks file and summary are off):
+memory stays flat for weeks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from streamseg.config import PipelineConfig
+from streamseg.errors import SourceError, StreamsegError
+from streamseg.events import EventEngine, describe_event
+from streamseg.graph import GraphReport, Node, Pipeline
+from streamseg.graph.exporter import LiveMetrics, MetricsServer, StreamSample
+from streamseg.models import Backend, build_backend
+from streamseg.pipeline import _overlays, _vocabulary
+from streamseg.redact import RedactingFilter, redact
+from streamseg.sinks import Annotator, DetectionsJsonlSink, EventsJsonlSink, VideoSink, ZoneCountsCsvSink
+from streamseg.sinks.recording import EventClipper, SegmentRecorder
+from streamseg.sources import LiveSource, Reconnect, StreamStatus, live_source_id
+from streamseg.tracking import Tracker
+from streamseg.types import Frame, FrameResult
+
+log = logging.getLogger(__name__)
+event_log = logging.getLogger("streamseg.events")
+
+RECORDING_TIME_BASE = Fraction(1, 90000)
+
+
+@dataclass
+class StreamRun:
+    """One stream's state and outputs in a live run."""
+
+    source_id: str
+    source: LiveSource
+    outputs: dict[str, Path] = field(default_factory=dict)
+    statuses: list[StreamStatus] = field(default_factory=list)
+    processed: int = 0
+    failed: str | None = None
+    """Why the stream ended early (reconnect attempts exhausted, a sink failed), redacted; None if it did not."""
+    sinks: list = field(default_factory=list)
+    tracker: Tracker | None = None
+    engine: EventEngine | None = None
+    clipper: EventClipper | None = None
+    size: tuple[int, int] | None = None
+    status_file: object = None
+
+
+@dataclass
+class LiveRun:
+    """What :meth:`LiveRunner.run` returns."""
+
+    streams: dict[str, StreamRun]
+    report: GraphReport | None = None
+    latencies: list[float] = field(default_factory=list)
+    """Capture-to-result seconds of the most recent results (bounded)."""
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.report and self.report.interrupted)
+
+
+class LiveRunner:
+    """Runs live streams through one shared model; see the module docstring.
+
+    >>> with LiveRunner(build_config({"live": {"metrics_port": 9100}})) as runner:  # doctest: +SKIP
+    ...     run = runner.run(["rtsp://cam1/stream", "rtsp://cam2/stream"], handle_signals=True)
+    """
+
+    def __init__(self, config: PipelineConfig, backend: Backend | None = None, *,
+                 on_result: Callable[[FrameResult, float], None] | None = None):
+        self.config = config
+        self.backend = backend if backend is not None else build_backend(config.model, config.backend)
+        self.on_result = on_result
+        """Called from the write stage with each result and its capture-to-result latency (benches, tests)."""
+        self.metrics_server: MetricsServer | None = None
+        self._pipeline: Pipeline | None = None
+        self._stopping = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._streams: dict[str, StreamRun] = {}
+        self._status_lock = threading.Lock()
+        self.ready = threading.Event()
+        """Set once every stream is connected and the graph runs (tests and benches wait on it)."""
+
+    def __enter__(self) -> "LiveRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def stop(self, drain: bool = True) -> None:
+        """End the run from any thread: the first call lets results in flight finish, a second one aborts."""
+        with self._stop_lock:
+            again = self._stopping.is_set()
+            self._stopping.set()
+            pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.stop(drain=drain and not again)
+
+    def run(self, uris: Sequence[str], *, handle_signals: bool = False) -> LiveRun:
+        """Connect to every stream (concurrently), then process until stopped or every stream has ended."""
+        cfg = self.config
+        out_dir = Path(cfg.output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        secrets = tuple(s for uri in uris for s in LiveSource(uri).secrets)
+        self._stopping.clear()
+        wakeup = threading.Event()
+        with ExitStack() as stack, _redacted_logs(secrets):
+            streams = self._open_streams(uris, wakeup, out_dir, stack)
+            self._streams = streams
+            run = LiveRun(streams)
+            metrics = LiveMetrics(lambda: {sid: _sample(s.source) for sid, s in streams.items()},
+                                  lambda: self._stage_samples())
+            if cfg.live.metrics_port is not None:
+                self.metrics_server = stack.enter_context(MetricsServer(
+                    metrics, self._health, host=cfg.live.metrics_host, port=cfg.live.metrics_port))
+                log.info("metrics: %s/metrics and %s/healthz", self.metrics_server.url, self.metrics_server.url)
+            batch = len(streams) if cfg.live.cross_stream_batching else 1
+            batch = max(batch, cfg.model.batch_size)
+            q = cfg.graph.queue_size
+            self._pipeline = Pipeline([
+                Node("detect", self._detect_stage(list(streams.values()), wakeup, batch)),
+                Node("analyze", self._analyze_stage(streams, metrics), q, "block"),
+                Node("write", self._write_stage(streams, metrics, run), q, "block"),
+            ])
+            self.ready.set()
+            try:
+                with _signals_call(self.stop, handle_signals):
+                    run.report = self._pipeline.run()
+            finally:
+                with self._stop_lock:
+                    self._pipeline = None
+                self.ready.clear()
+        for stream in streams.values():
+            if stream.failed is None and stream.source.failure is not None:
+                stream.failed = str(stream.source.failure)
+        return run
+
+    # -- set-up -----------------------------------------------------------------------------------------------------
+
+    def _open_streams(self, uris: Sequence[str], wakeup: threading.Event, out_dir: Path,
+                      stack: ExitStack) -> dict[str, StreamRun]:
+        live = self.config.live
+        streams: dict[str, StreamRun] = {}
+        sources: list[tuple[StreamRun, LiveSource]] = []
+        used: set[str] = set()
+        for uri in uris:
+            sid = _unique(live_source_id(uri), used)
+            holder: dict = {}
+            taps = []
+            if live.segment_minutes:
+                taps.append(SegmentRecorder(out_dir / sid / "segments", sid, live.segment_minutes * 60))
+            clipper = EventClipper(out_dir / sid / "clips", sid, live.clip_pre, live.clip_post) if live.clips \
+                else None
+            if clipper is not None:
+                taps.append(clipper)
+            source = LiveSource(
+                uri, source_id=sid, transport=live.transport, connect_timeout=live.connect_timeout,
+                read_timeout=live.read_timeout, connect_attempts=live.connect_attempts,
+                reconnect=Reconnect(live.reconnect_initial, live.reconnect_max, max_attempts=live.max_attempts),
+                buffer=live.buffer, on_status=lambda status, h=holder: self._on_status(h["run"], status),
+                taps=taps, wakeup=wakeup, stride=self.config.source.stride, max_frames=self.config.source.max_frames,
+            )
+            stream = StreamRun(sid, source, clipper=clipper)
+            holder["run"] = stream
+            streams[sid] = stream
+            sources.append((stream, source))
+            for tap in taps:
+                stack.callback(tap.close)
+            stream.outputs["streams"] = out_dir / f"{sid}.streams.jsonl"
+            stream.status_file = stack.enter_context(open(stream.outputs["streams"], "a", encoding="utf-8"))
+            if live.segment_minutes:
+                stream.outputs["segments"] = out_dir / sid / "segments"
+            if clipper is not None:
+                stream.outputs["clips"] = out_dir / sid / "clips"
+        # Connect concurrently: startup takes as long as the slowest camera, not the sum of them.
+        with ThreadPoolExecutor(max_workers=len(sources)) as pool:
+            futures = [pool.submit(source.open) for _, source in sources]
+            errors = []
+            for (stream, source), future in zip(sources, futures):
+                try:
+                    future.result()
+                except BaseException as err:  # noqa: BLE001 - reported below, after every source was tried
+                    errors.append(err)
+                stack.callback(source.close)  # LIFO: sources close before the sinks that receive their packets
+        if errors:
+            raise errors[0] if isinstance(errors[0], StreamsegError) else SourceError(redact(str(errors[0])))
+        for stream in streams.values():
+            self._build_outputs(stream, stream.source.info.width, stream.source.info.height, out_dir, stack)
+        return streams
+
+    def _build_outputs(self, stream: StreamRun, width: int, height: int, out_dir: Path, stack: ExitStack) -> None:
+        cfg = self.config
+        info = stream.source.info
+        stream.size = (width, height)
+        if cfg.tracker.enabled:
+            stream.tracker = Tracker(cfg.tracker.config, keep_history=False, history_masks=False)
+        if cfg.events.enabled:
+            stream.engine = EventEngine.from_config(cfg.events, width, height)
+        sid = stream.source_id
+        if cfg.sinks.video:
+            stream.outputs["video"] = out_dir / f"{sid}.mp4"
+            sink = stack.enter_context(VideoSink(stream.outputs["video"], info, codec=cfg.sinks.codec,
+                                                 preset=cfg.sinks.preset, crf=cfg.sinks.crf,
+                                                 annotator=Annotator(overlays=_overlays(stream.engine))))
+            stream.sinks.append(_MonotonicTimes(sink))
+        if cfg.sinks.detections:
+            stream.outputs["detections"] = out_dir / f"{sid}.detections.jsonl"
+            stream.sinks.append(stack.enter_context(DetectionsJsonlSink(stream.outputs["detections"], info)))
+        if stream.engine is not None and cfg.sinks.events:
+            stream.outputs["events"] = out_dir / f"{sid}.events.jsonl"
+            stream.sinks.append(stack.enter_context(EventsJsonlSink(stream.outputs["events"], info)))
+        if stream.engine is not None and stream.engine.zones and cfg.sinks.zone_counts:
+            stream.outputs["zone_counts"] = out_dir / f"{sid}.zone_counts.csv"
+            vocabulary = _vocabulary(self.backend.class_names)
+            columns = {z.name: z.config.classes or vocabulary for z in stream.engine.zones}
+            stream.sinks.append(stack.enter_context(ZoneCountsCsvSink(stream.outputs["zone_counts"], info, columns)))
+
+    # -- stages -----------------------------------------------------------------------------------------------------
+
+    def _detect_stage(self, streams: list[StreamRun], wakeup: threading.Event, batch_size: int):
+        backend, stopping = self.backend, self._stopping
+
+        def detect(_) -> Iterator[FrameResult]:
+            start = 0
+            while not stopping.is_set():
+                wakeup.clear()
+                batch: list[Frame] = []
+                for k in range(len(streams)):  # round robin: every camera gets its turn
+                    stream = streams[(start + k) % len(streams)]
+                    frame = stream.source.take_latest()
+                    if frame is not None:
+                        batch.append(frame)
+                        if len(batch) >= batch_size:
+                            start = (start + k + 1) % len(streams)
+                            break
+                else:
+                    start = (start + 1) % len(streams)
+                if not batch:
+                    if all(s.source.finished for s in streams):
+                        return
+                    wakeup.wait(0.05)
+                    continue
+                for frame, detections in zip(batch, backend.predict(batch)):
+                    yield FrameResult(frame, detections)
+
+        return detect
+
+    def _analyze_stage(self, streams: dict[str, StreamRun], metrics: LiveMetrics):
+        def analyze(results) -> Iterator[FrameResult]:
+            for result in results:
+                stream = streams[result.frame.source_id]
+                frame = result.frame
+                if (frame.width, frame.height) != stream.size:
+                    # a new resolution after a reconnect: identities and zone geometry start again at that size
+                    log.info("stream_resized source=%s size=%dx%d", stream.source_id, frame.width, frame.height)
+                    stream.size = (frame.width, frame.height)
+                    if stream.tracker is not None:
+                        stream.tracker.reset()
+                    if stream.engine is not None:
+                        stream.engine = EventEngine.from_config(self.config.events, frame.width, frame.height)
+                detections = result.detections
+                if stream.tracker is not None:
+                    detections = stream.tracker.update(detections, frame.index, frame.time)
+                found = ()
+                occupancy = None
+                if stream.engine is not None:
+                    found = tuple(stream.engine.update(frame, detections))
+                    occupancy = stream.engine.occupancy
+                    for event in found:
+                        event_log.info("%s", describe_event(event))
+                        metrics.event(stream.source_id, event.kind)
+                        if stream.clipper is not None:
+                            stream.clipper.trigger(event.wall_time, f"{event.kind}-{event.region}-{event.track_id}")
+                yield replace(result, detections=detections, events=found, occupancy=occupancy)
+
+        return analyze
+
+    def _write_stage(self, streams: dict[str, StreamRun], metrics: LiveMetrics, run: LiveRun):
+        on_result = self.on_result
+
+        def write(results) -> Iterator[FrameResult]:
+            for result in results:
+                stream = streams[result.frame.source_id]
+                for sink in list(stream.sinks):
+                    try:
+                        sink.write(result)
+                    except Exception as err:  # one stream's broken output must not stop the other streams
+                        stream.failed = f"output failed: {redact(str(err), stream.source.secrets)}"
+                        log.error("sink_failed source=%s error=%s", stream.source_id, stream.failed)
+                        stream.sinks.clear()
+                latency = time.time() - result.frame.capture_time
+                stream.processed += 1
+                metrics.result(stream.source_id, latency)
+                run.latencies.append(latency)
+                if len(run.latencies) > 100_000:
+                    del run.latencies[:50_000]
+                if on_result is not None:
+                    on_result(result, latency)
+                yield result
+
+        return write
+
+    # -- status, health, metrics ----------------------------------------------------------------------------------
+
+    def _on_status(self, stream: StreamRun, status: StreamStatus) -> None:
+        with self._status_lock:
+            stream.statuses.append(status)
+            if len(stream.statuses) > 1000:
+                del stream.statuses[:500]
+            stream.status_file.write(json.dumps(status.record()) + "\n")
+            stream.status_file.flush()
+        event_log.info("%s %s%s", status.kind, status.source_id, f" ({status.reason})" if status.reason else "")
+
+    def _health(self) -> tuple[bool, dict]:
+        now = time.time()
+        details = {}
+        for sid, stream in self._streams.items():
+            source = stream.source
+            age = None if source.last_frame_wall is None else round(now - source.last_frame_wall, 3)
+            details[sid] = {"up": source.up, "last_frame_age_s": age, "processed": stream.processed,
+                            "reconnects": source.reconnects, "failed": stream.failed}
+        ok = self._pipeline is not None and not self._stopping.is_set()
+        return ok, {"streams": details}
+
+    def _stage_samples(self):
+        pipeline = self._pipeline
+        if pipeline is None:
+            return []
+        return [(s.name, s.queue_depth, s.dropped) for s in pipeline.metrics()]
+
+
+class _MonotonicTimes:
+    """Hands a sink frames whose pts come from ``Frame.time`` (1/90000 s): a camera's pts restart at every
+    reconnect, while a recording needs times that keep increasing."""
+
+    def __init__(self, sink):
+        self.sink = sink
+
+    def write(self, result: FrameResult) -> None:
+        frame = result.frame
+        timed = replace(frame, pts=round(frame.time / RECORDING_TIME_BASE), time_base=RECORDING_TIME_BASE)
+        self.sink.write(replace(result, frame=timed))
+
+
+def _sample(source: LiveSource) -> StreamSample:
+    return StreamSample(up=source.up, received=source.received, dropped=source.dropped,
+                        reconnects=source.reconnects, buffer_depth=source.buffer_depth())
+
+
+def _unique(name: str, used: set[str]) -> str:
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+@contextmanager
+def _redacted_logs(secrets: Sequence[str]) -> Iterator[None]:
+    """While a live run lasts, every log handler redacts URL credentials and these secrets from every record."""
+    handlers = list(logging.getLogger().handlers)
+    flt = RedactingFilter(secrets)
+    for handler in handlers:
+        handler.addFilter(flt)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(flt)
+
+
+@contextmanager
+def _signals_call(stop: Callable[[], None], enabled: bool) -> Iterator[None]:
+    """SIGINT/SIGTERM call ``stop`` (first drains, second aborts) while the run lasts; main thread only."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: stop())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
