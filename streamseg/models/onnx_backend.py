@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -125,9 +126,10 @@ class OnnxMaskRCNN:
         self.keep_labels = self._labels_for(options.classes)
         self.transform, self.rpn, self.heads = self._host_stages(meta, options)
 
-        so = ort_ops.session_options(model, session_options or default_session_options())
+        so = session_options or default_session_options()
         providers = providers_for(options.device)
-        extractor = Extractor(model)
+        # ORT has no kernel for the fused op: expand it into standard ops (see streamseg.export.ort_ops for why)
+        extractor = Extractor(ort_ops.expand_fused(model))
         self.sessions = {}
         for stage, io in meta["stages"].items():
             sub = extractor.extract_model(io["inputs"], io["outputs"])
@@ -139,6 +141,13 @@ class OnnxMaskRCNN:
             log.warning("onnx backend: %s requested but no GPU provider could start; running on CPU", options.device)
         self.provider = running
         self.rpn_outputs = meta["stages"]["rpn"]["outputs"]
+        self.stage_seconds: dict[str, float] = {}
+        """Wall time spent per stage since construction (graphs and host steps), for benchmarks."""
+
+    def _timed(self, stage: str, start: float) -> float:
+        now = time.perf_counter()
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - start
+        return now
 
     def _labels_for(self, classes: Sequence[str]) -> np.ndarray | None:
         if not classes:
@@ -177,28 +186,37 @@ class OnnxMaskRCNN:
             return []
         images = [torch.from_numpy(f.image).permute(2, 0, 1).float().div_(255.0) for f in frames]
         raw = self._forward(images)
-        return [
+        start = time.perf_counter()
+        detections = [
             to_detections(r, (f.height, f.width), self.class_names, self.keep_labels, self.paste_shift,
                           self.options.mask_threshold)
             for r, f in zip(raw, frames)
         ]
+        self._timed("paste", start)
+        return detections
 
     def _forward(self, images: list[torch.Tensor]) -> list[dict]:
         original_sizes = [tuple(img.shape[-2:]) for img in images]
+        t = time.perf_counter()
         image_list, _ = self.transform(images)
         sizes = image_list.image_sizes
+        t = self._timed("preprocess", t)
         outputs = self.sessions["rpn"].run(self.rpn_outputs, {"images": image_list.tensors.numpy()})
+        t = self._timed("graph_rpn", t)
         features = dict(zip(self.rpn_outputs[:4], outputs[:4]))
         levels = (len(outputs) - 4) // 2
         objectness = [torch.from_numpy(o) for o in outputs[4 : 4 + levels]]
         deltas = [torch.from_numpy(d) for d in outputs[4 + levels :]]
         proposals = self._proposals(image_list, objectness, deltas)
+        t = self._timed("proposals", t)
 
         rois = _to_rois(proposals)
         if len(rois):
             class_logits, box_regression = self.sessions["box"].run(None, {**features, "box_rois": rois.numpy()})
+            t = self._timed("graph_box", t)
             boxes, scores, labels = self.heads.postprocess_detections(
                 torch.from_numpy(class_logits), torch.from_numpy(box_regression), proposals, sizes)
+            t = self._timed("detections", t)
         else:
             boxes = [torch.zeros((0, 4)) for _ in images]
             scores = [torch.zeros(0) for _ in images]
@@ -208,6 +226,7 @@ class OnnxMaskRCNN:
         m = self.meta["roi_align"]["mask"]["output_height"] * 2
         if len(mask_rois):
             (mask_logits,) = self.sessions["mask"].run(None, {**features, "mask_rois": mask_rois.numpy()})
+            t = self._timed("graph_mask", t)
             probs = maskrcnn_inference(torch.from_numpy(mask_logits), labels)
         else:
             probs = [torch.zeros((len(b), 1, m, m)) for b in boxes]

@@ -1,0 +1,111 @@
+"""ONNX Runtime vs eager PyTorch, side by side in one run: same frames, same model, same thresholds.
+
+For each model (seeded random-init R50-FPN v1 at score threshold 0, so that all 100 detections reach the mask head as
+with real weights on busy frames; the shipped demo model at its 0.5 threshold), frames of a real 960x540 evalkit clip
+are run at min_size 800 through the torch backend and the ONNX Runtime backend (portable and fused RoIAlign) in
+turn, frame by frame, so that load from other processes hits all of them alike. End to end = ``predict()``: frame in,
+detections with pasted masks out. Printed: median s/frame, the ratio torch / onnx (target >= 1.3), the ORT
+backend's per-stage split, and each backend's distance from this CPU's compute ceiling (FLOPs of one forward,
+counted by torch's FlopCounterMode, at 176 GFLOP/s: GUIDE section 1).
+
+    .venv/bin/python bench/bench_onnx.py [--frames N] [--models v1,demo] [--min-size 800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from streamseg.models import ModelOptions, TorchMaskRCNN
+from streamseg.models.onnx_backend import OnnxMaskRCNN
+from streamseg.sources import open_source
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = REPO.parent / "shared" / "evalkit" / "videos" / "driving" / "solidWhiteRight.mp4"
+CEILING_FLOPS = 176e9
+TARGET = 1.3
+MODELS = {
+    "v1": dict(arch="v1", weights="random:0", score_threshold=0.0),
+    "v2": dict(arch="v2", weights="random:0", score_threshold=0.0),
+    "demo": dict(),
+}
+
+
+def frames_of(clip: Path, count: int) -> list:
+    with open_source(str(clip), stride=7, max_frames=count) as source:
+        return list(source)
+
+
+def forward_flops(backend: TorchMaskRCNN, frame) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        backend.predict([frame])
+    return float(counter.get_total_flops())
+
+
+def bench_model(name: str, frames: list, min_size: int) -> bool:
+    options = ModelOptions(min_size=min_size, **MODELS[name])
+    backends = {"torch": TorchMaskRCNN(options)}
+    for flavour in ("portable", "fused"):
+        backends[f"onnx-{flavour}"] = OnnxMaskRCNN(options, flavour=flavour)
+    flops = forward_flops(backends["torch"], frames[0])
+    for backend in backends.values():  # warm-up: first-call allocations, ORT memory patterns
+        backend.predict(frames[:1])
+    for b in backends.values():
+        if isinstance(b, OnnxMaskRCNN):
+            b.stage_seconds.clear()
+    times = {key: [] for key in backends}
+    detections = {key: 0 for key in backends}
+    for frame in frames:
+        for key, backend in backends.items():
+            start = time.perf_counter()
+            [dets] = backend.predict([frame])
+            times[key].append(time.perf_counter() - start)
+            detections[key] += len(dets)
+    ceiling = flops / CEILING_FLOPS
+    h, w = frames[0].height, frames[0].width
+    print(f"\n{name}: {w}x{h} frames at min_size {min_size}, {len(frames)} frames, threads {torch.get_num_threads()}, "
+          f"{flops / 1e9:.0f} GFLOP/frame -> compute ceiling {ceiling:.2f} s/frame")
+    reference = statistics.median(times["torch"])
+    ok = True
+    for key, values in times.items():
+        median = statistics.median(values)
+        ratio = reference / median
+        verdict = "" if key == "torch" else f"  torch/onnx {ratio:.2f}x (target >= {TARGET}) " + (
+            "PASS" if ratio >= TARGET else "FAIL")
+        ok &= key == "torch" or ratio >= TARGET
+        print(f"  {key:14s} median {median:.3f} s/frame  {median / ceiling:.2f}x the ceiling  "
+              f"({flops / median / 1e9:.0f} GFLOP/s)  detections {detections[key]}{verdict}")
+    for key, backend in backends.items():
+        if isinstance(backend, OnnxMaskRCNN):
+            split = "  ".join(f"{stage} {seconds / len(frames):.3f}" for stage, seconds in backend.stage_seconds.items())
+            print(f"  {key} stages (s/frame): {split}")
+    for backend in backends.values():
+        backend.close()
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=5)
+    parser.add_argument("--models", default="v1,demo", help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--min-size", type=int, default=800)
+    parser.add_argument("--clip", type=Path, default=CLIP)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    frames = frames_of(args.clip, args.frames)
+    ok = True
+    for name in args.models.split(","):
+        ok &= bench_model(name, frames, args.min_size)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
