@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
             options.add_argument(flag, action="store_true", default=None, help=text)
         else:
             options.add_argument(flag, type=kind, help=text)
+
+    export = commands.add_parser("export", help="export the model for other runtimes (TensorRT engines, ...)")
+    export_commands = export.add_subparsers(dest="export_command", required=True)
+    from streamseg.export.trt_cli import add_trt_parser  # light: TensorRT itself is imported only when building
+
+    add_trt_parser(export_commands)  # each export subcommand sets args.handler
     return parser
 
 
@@ -266,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    command = {"run": cmd_run, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo, "track": cmd_track}[args.command]
+    command = {"run": cmd_run, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo, "track": cmd_track,
+               "export": lambda a: a.handler(a)}[args.command]
     try:
         return command(args)
     except StreamsegError as err:

@@ -1,0 +1,394 @@
+"""The TensorRT MultiLevelRoIAlign plugin, its kernel and the engine tooling around it.
+
+What runs where:
+- everywhere: the CPU reference's semantics against torchvision's MultiScaleRoIAlign (level boundaries, empty
+  RoIs, aligned on/off, sampling ratio 0 and 2), engine-profile arithmetic, and the one-line errors where TensorRT
+  or a GPU is missing;
+- where nvcc is installed: the kernel compiles for every architecture the CMake build targets, and the PyTorch
+  harness (the same .cu file) builds;
+- where a CUDA GPU is visible: the kernel against the reference (fp32 <= 1e-4, fp16 <= 1e-2) on randomized RoIs
+  with level-boundary sizes and empty sets, and its time against the portable per-level path at 1,000 RoIs;
+- where TensorRT, a GPU and the built plugin are all present: engines built from a fused export and run by the
+  tensorrt backend, compared with ONNX Runtime.
+Everything else skips, saying which of these is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import MultiScaleRoIAlign
+
+from streamseg.export import trt_build
+from streamseg.export.trt_kernel import KERNEL_SOURCE, PLUGIN_DIR, find_cuda_home, load_kernel_extension
+from streamseg.ops.roi_align import level_of, multi_level_roi_align_reference
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "build" / "trt_test"
+STRIDES = (4.0, 8.0, 16.0, 32.0)
+
+try:
+    import tensorrt  # noqa: F401
+    HAVE_TRT, TRT_REASON = True, ""
+except (ImportError, OSError) as err:
+    HAVE_TRT, TRT_REASON = False, f"TensorRT not installed ({type(err).__name__}); see ../shared/GUIDE.md section 1"
+HAVE_GPU = torch.cuda.is_available()
+GPU_REASON = "no CUDA GPU visible (torch.cuda.is_available() is False)"
+CUDA_HOME = find_cuda_home()
+NVCC_REASON = "nvcc not found (no CUDA toolkit)"
+
+
+def pyramid(batch=2, channels=8, size=(256, 320), dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    return [torch.randn(batch, channels, h // int(s), w // int(s), generator=g).to(device=device, dtype=dtype)
+            for s in STRIDES]
+
+
+def boundary_rois(batch=2, image=(256, 320)):
+    """Squares whose sqrt(area) sits exactly on and just either side of every level boundary (112, 224, 448),
+    tiny and huge boxes, boxes crossing the image border, and one of zero width."""
+    rows = []
+    for side in (112.0, 224.0, 448.0):
+        for s in (side * (1 - 1e-4), side, side * (1 + 1e-4), side - 0.5, side + 0.5):
+            rows.append((len(rows) % batch, 3.0, 5.0, 3.0 + s, 5.0 + s))
+    rows += [(0, 10, 10, 12, 11), (1, 0, 0, 1000, 900), (0, -20, -10, 40, 30), (1, 300, 200, 340, 260),
+             (0, 50, 50, 50, 80)]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def random_rois(n, batch=2, image=(256, 320), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    h, w = image
+    # log-uniform sizes from 2 px to twice the image, so every level gets RoIs
+    size = torch.exp(torch.empty(n, 2).uniform_(math.log(2), math.log(2 * max(h, w)), generator=g))
+    x1 = torch.empty(n).uniform_(-16, w, generator=g)
+    y1 = torch.empty(n).uniform_(-16, h, generator=g)
+    b = torch.randint(0, batch, (n,), generator=g).float()
+    return torch.stack([b, x1, y1, x1 + size[:, 0], y1 + size[:, 1]], dim=1)
+
+
+def torchvision_pooler(rois, features, output_size, sampling_ratio, image=(256, 320)):
+    """torchvision's own MultiScaleRoIAlign: the ground truth the op contract is defined by (aligned=False)."""
+    pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size, sampling_ratio)
+    batch = features[0].shape[0]
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(batch)]
+    order = torch.cat([torch.nonzero(rois[:, 0] == i).squeeze(1) for i in range(batch)])
+    out = pooler({str(i): f for i, f in enumerate(features)}, boxes, [image] * batch)
+    result = torch.empty_like(out)
+    result[order] = out  # torchvision returns RoIs grouped by image
+    return result
+
+
+# ------------------------------------------------------------------------------------------- reference semantics
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+@pytest.mark.parametrize("output_size", [7, 14])
+def test_reference_equals_torchvision_multiscale_roi_align(sampling_ratio, output_size):
+    features = pyramid()
+    rois = torch.cat([boundary_rois(), random_rois(200)])
+    expected = torchvision_pooler(rois, features, output_size, sampling_ratio)
+    got = multi_level_roi_align_reference(rois, features, output_size, output_size, sampling_ratio)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_reference_level_boundaries_follow_torchvision_epsilon():
+    """sqrt(area) exactly 112 / 224 / 448 is the first box of the coarser level (epsilon outside the log2); just
+    below stays on the finer one. mmdeploy's formula (epsilon inside) would disagree within ~1e-4 px of these."""
+    rois = boundary_rois()
+    levels = level_of(rois, 4).tolist()
+    # per side: 1 - 1e-4, exact, 1 + 1e-4, -0.5, +0.5
+    assert levels[:15] == [0, 1, 1, 0, 1, 1, 2, 2, 1, 2, 2, 3, 3, 2, 3]
+    mapper = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    feats = {str(i): f for i, f in enumerate(pyramid(batch=1))}
+    mapper(feats, [rois[:, 1:]], [(256, 320)])  # sets up torchvision's LevelMapper
+    assert mapper.map_levels([rois[:, 1:]]).tolist() == levels
+
+
+def test_reference_empty_rois_keep_shape_and_dtype():
+    features = pyramid()
+    out = multi_level_roi_align_reference(torch.zeros((0, 5)), features, 7, 7, 2)
+    assert out.shape == (0, 8, 7, 7) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("aligned", [0, 1])
+def test_reference_aligned_is_roi_align_aligned(aligned):
+    from torchvision.ops import roi_align
+
+    features = pyramid()
+    rois = random_rois(64)
+    got = multi_level_roi_align_reference(rois, features, 7, 7, 0, aligned=aligned)
+    levels = level_of(rois, 4)
+    for level in range(4):
+        index = torch.nonzero(levels == level).squeeze(1)
+        expected = roi_align(features[level], rois[index], 7, 1 / STRIDES[level], 0, aligned=bool(aligned))
+        torch.testing.assert_close(got[index], expected, rtol=0, atol=0)
+    other = multi_level_roi_align_reference(rois, features, 7, 7, 0, aligned=1 - aligned)
+    assert not torch.allclose(got, other)  # the flag does change the result
+
+
+# ------------------------------------------------------------------------------------------- kernel compiles
+
+
+@pytest.mark.skipif(CUDA_HOME is None, reason=NVCC_REASON)
+def test_kernel_compiles_for_every_cmake_architecture(tmp_path):
+    """nvcc -c of the plugin's kernel for the SASS targets of export/trt_plugin/CMakeLists.txt (+ Hopper PTX)."""
+    cmake = (PLUGIN_DIR / "CMakeLists.txt").read_text()
+    assert "75-real 80-real 86-real 89-real 90" in cmake
+    arch = ["-gencode=arch=compute_75,code=sm_75", "-gencode=arch=compute_80,code=sm_80",
+            "-gencode=arch=compute_86,code=sm_86", "-gencode=arch=compute_89,code=sm_89",
+            "-gencode=arch=compute_90,code=[sm_90,compute_90]"]
+    out = tmp_path / "kernel.o"
+    cmd = [str(CUDA_HOME / "bin" / "nvcc"), "-std=c++17", "-O3", "-Xcompiler", "-Wall", *arch, "-c",
+           str(KERNEL_SOURCE), "-o", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr.lower(), result.stderr
+    symbols = subprocess.run(["nm", "-C", str(out)], capture_output=True, text=True).stdout
+    assert "streamseg::multiLevelRoIAlignForward" in symbols and "streamseg::validateAttributes" in symbols
+
+
+@pytest.mark.skipif(CUDA_HOME is None, reason=NVCC_REASON)
+def test_torch_harness_builds_from_the_plugin_kernel():
+    """The harness links the plugin's own .cu (cached build under build/trt_plugin_harness, ~45 s the first time)."""
+    module = load_kernel_extension()
+    assert callable(module.multi_level_roi_align)
+    if not HAVE_GPU:
+        with pytest.raises(RuntimeError, match="CUDA tensor"):
+            module.multi_level_roi_align(torch.zeros((1, 5)), pyramid(), 7, 7, 2, 1, 0, list(STRIDES), 56, 1.0)
+
+
+def _trt_include_dir() -> Path | None:
+    import os
+
+    for root in filter(None, [os.environ.get("TENSORRT_ROOT"), "/usr", "/usr/local/tensorrt", "/opt/tensorrt"]):
+        for sub in ("include", "include/x86_64-linux-gnu", "include/aarch64-linux-gnu"):
+            if (Path(root) / sub / "NvInferRuntime.h").is_file():
+                return Path(root) / sub
+    return None
+
+
+@pytest.mark.skipif(_trt_include_dir() is None,
+                    reason="TensorRT headers (NvInferRuntime.h) not found: no PyPI package ships them (the tensorrt "
+                    "wheels carry only the Python bindings and, from the vendor index, the libraries); set TENSORRT_ROOT")
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
+def test_plugin_library_builds_with_cmake(tmp_path):
+    build = BUILD / "cmake"
+    subprocess.run(["cmake", "-S", str(PLUGIN_DIR), "-B", str(build), "-DCMAKE_CUDA_ARCHITECTURES=80"],
+                   check=True, capture_output=True, timeout=300)
+    result = subprocess.run(["cmake", "--build", str(build), "-j", "2"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for lib in ("libstreamseg_trt_plugin.so", "libstreamseg_trt_plugin_autoreg.so"):
+        symbols = subprocess.run(["nm", "-D", "--defined-only", str(build / lib)], capture_output=True, text=True).stdout
+        assert "getCreators" in symbols and "setLoggerFinder" in symbols and "initLibStreamsegPlugins" in symbols
+
+
+# ------------------------------------------------------------------------------------------- kernel on the GPU
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    if not HAVE_GPU:
+        pytest.skip(GPU_REASON)
+    if CUDA_HOME is None:
+        pytest.skip(NVCC_REASON)
+    return load_kernel_extension()
+
+
+def _run_kernel(kernel, rois, features, size, sampling_ratio, aligned=0, roi_scale_factor=1.0):
+    return kernel.multi_level_roi_align(rois, features, size, size, sampling_ratio, 1, aligned, list(STRIDES), 56,
+                                        roi_scale_factor)
+
+
+@pytest.mark.parametrize("aligned", [0, 1])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+@pytest.mark.parametrize("size", [7, 14])
+def test_kernel_matches_reference_fp32(kernel, size, sampling_ratio, aligned):
+    for seed in range(3):
+        features = pyramid(channels=16, seed=seed)
+        rois = torch.cat([boundary_rois(), random_rois(500, seed=seed + 10)])
+        expected = multi_level_roi_align_reference(rois, features, size, size, sampling_ratio, aligned=aligned)
+        got = _run_kernel(kernel, rois.cuda(), [f.cuda() for f in features], size, sampling_ratio, aligned).cpu()
+        assert got.shape == expected.shape and got.dtype == torch.float32
+        diff = (got - expected).abs().max().item()
+        assert diff <= 1e-4, f"max abs diff {diff} (seed {seed})"
+
+
+@pytest.mark.parametrize("roi_dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_kernel_matches_reference_fp16(kernel, sampling_ratio, roi_dtype):
+    """fp16 features (and rois): compared with the fp32 reference on the same fp16-rounded inputs."""
+    features = pyramid(channels=16, seed=3)
+    rois = torch.cat([boundary_rois(), random_rois(500, seed=4)])
+    half_features = [f.half() for f in features]
+    rounded_rois = rois.to(roi_dtype)
+    expected = multi_level_roi_align_reference(rounded_rois.float(), [f.float() for f in half_features], 7, 7,
+                                               sampling_ratio)
+    got = _run_kernel(kernel, rounded_rois.cuda(), [f.cuda() for f in half_features], 7, sampling_ratio)
+    assert got.dtype == torch.float16
+    diff = (got.float().cpu() - expected).abs().max().item()
+    assert diff <= 1e-2, f"max abs diff {diff}"
+
+
+def test_kernel_empty_rois_and_roi_scale_factor(kernel):
+    features = [f.cuda() for f in pyramid(channels=16)]
+    for dtype in (torch.float32, torch.float16):
+        out = _run_kernel(kernel, torch.zeros((0, 5), device="cuda", dtype=dtype),
+                          [f.to(dtype) for f in features], 7, 2)
+        assert out.shape == (0, 16, 7, 7) and out.dtype == dtype
+    rois = random_rois(300)
+    expected = multi_level_roi_align_reference(rois, pyramid(channels=16), 7, 7, 2, roi_scale_factor=1.5)
+    got = _run_kernel(kernel, rois.cuda(), features, 7, 2, roi_scale_factor=1.5).cpu()
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_kernel_time_against_portable_path_at_1000_rois(kernel, capsys):
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_roi_align_kernel import time_kernel_and_portable
+
+    figures = time_kernel_and_portable(kernel, rois=1000)
+    with capsys.disabled():
+        print("\n" + figures.line())
+    assert figures.max_abs_diff <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------- builder and errors
+
+
+@pytest.fixture(scope="module")
+def fused_onnx():
+    from streamseg.export.onnx_export import export_onnx
+
+    path = BUILD / "demo_fused.onnx"
+    if not path.is_file():
+        export_onnx(path, flavour="fused")
+    return path
+
+
+def test_profiles_follow_the_metadata_size_policy(fused_onnx):
+    model, meta = trt_build.load_fused_onnx(fused_onnx)
+    channels = trt_build.feature_channels(model)
+    assert channels == 96  # the demo model's FPN width
+    profiles = trt_build.stage_profiles(meta, trt_build.BuildSettings(batch=(1, 2, 4)), channels)
+    assert profiles["rpn"]["images"] == ((1, 3, 192, 192), (2, 3, 384, 640), (4, 3, 640, 640))
+    assert profiles["box"]["feature_3"] == ((1, 96, 6, 6), (2, 96, 12, 20), (4, 96, 20, 20))
+    assert profiles["box"]["box_rois"] == ((1, 5), (400, 5), (800, 5))  # post_nms_top_n 200 per image
+    assert profiles["mask"]["mask_rois"] == ((1, 5), (60, 5), (120, 5))  # 30 detections per image
+    # every stage input of the graph has a profile, and nothing else does
+    for stage, io in meta["stages"].items():
+        assert sorted(profiles[stage]) == sorted(io["inputs"])
+    with pytest.raises(trt_build.ConfigError, match="multiple of 32"):
+        trt_build.stage_profiles(meta, trt_build.BuildSettings(opt_input=(380, 640)), channels)
+
+
+@pytest.mark.parametrize("text, expected", [("1", (1, 1, 1)), ("1,2,8", (1, 2, 8)), ("2,1,4", None), ("x", None)])
+def test_parse_batch(text, expected):
+    if expected is None:
+        with pytest.raises(trt_build.ConfigError, match="--batch"):
+            trt_build.parse_batch(text)
+    else:
+        assert trt_build.parse_batch(text) == expected
+
+
+def test_portable_export_is_refused(tmp_path):
+    from streamseg.export.onnx_export import export_onnx
+
+    path = export_onnx(tmp_path / "portable.onnx", flavour="portable")
+    with pytest.raises(trt_build.ConfigError, match="--roi-align fused"):
+        trt_build.load_fused_onnx(path)
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: the missing-TensorRT errors cannot occur")
+def test_missing_tensorrt_is_one_line_error(fused_onnx, tmp_path):
+    with pytest.raises(trt_build.TensorRTError) as err:
+        trt_build.require_tensorrt()
+    assert "TensorRT" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(trt_build.TensorRTError, match="TensorRT is not available"):
+        trt_build.build_engines(fused_onnx, tmp_path / "engines", trt_build.BuildSettings(precision="fp32"))
+    assert not (tmp_path / "engines").exists()
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: the missing-TensorRT errors cannot occur")
+def test_cli_export_trt_without_tensorrt(fused_onnx, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "streamseg.cli", "export", "trt", str(fused_onnx), "-o",
+                             str(tmp_path / "e"), "--precision", "fp32"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("streamseg: error:")]
+    assert len(lines) == 1 and "TensorRT is not available" in lines[0], result.stderr
+
+
+def test_int8_needs_calibration_frames(fused_onnx, tmp_path):
+    with pytest.raises(trt_build.ConfigError, match="--calibration-video"):
+        trt_build.build_engines(fused_onnx, tmp_path / "e", trt_build.BuildSettings(precision="int8"))
+
+
+def test_backend_needs_an_engine_folder(tmp_path):
+    from streamseg.models.backend import ModelOptions
+    from streamseg.models.trt_backend import TensorRTMaskRCNN
+
+    with pytest.raises(trt_build.ConfigError, match="not a streamseg TensorRT engine folder"):
+        TensorRTMaskRCNN(ModelOptions(weights=str(tmp_path), device="cuda"))
+
+
+@pytest.mark.skipif(HAVE_TRT and HAVE_GPU, reason="TensorRT and a GPU are both here")
+def test_backend_without_tensorrt_or_gpu_is_one_line_error(tmp_path):
+    from streamseg.models.backend import ModelOptions
+    from streamseg.models.trt_backend import TensorRTMaskRCNN
+
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    stages = {s: {"file": f"{s}.plan"} for s in trt_build.STAGES}
+    for s in trt_build.STAGES:
+        (folder / f"{s}.plan").write_bytes(b"\0")
+    (folder / trt_build.MANIFEST).write_text(json.dumps({"format": trt_build.MANIFEST_FORMAT, "stages": stages,
+                                                         "batch": [1, 1, 1]}))
+    with pytest.raises(trt_build.TensorRTError) as err:
+        TensorRTMaskRCNN(ModelOptions(weights=str(folder), device="cuda"))
+    assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------- engines (TensorRT + GPU)
+
+
+def _plugin_or_skip():
+    try:
+        return trt_build.find_plugin_library()
+    except trt_build.TensorRTError as err:
+        pytest.skip(str(err))
+
+
+@pytest.mark.skipif(not HAVE_TRT, reason=TRT_REASON)
+@pytest.mark.skipif(not HAVE_GPU, reason=GPU_REASON)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engines_match_onnx_runtime(fused_onnx, tmp_path, precision):
+    from streamseg.export.trt_cli import check_engines
+
+    _plugin_or_skip()
+    folder = tmp_path / precision
+    trt_build.build_engines(fused_onnx, folder, trt_build.BuildSettings(precision=precision, timing_cache=None))
+    manifest = trt_build.read_manifest(folder)
+    assert manifest["stages"]["box"]["plugin_nodes"] == 1 and manifest["stages"]["mask"]["plugin_nodes"] == 1
+    frames = _scene_frames(4)
+    report = check_engines(folder, frames)
+    print(report.table())
+    assert report.passed
+
+
+def _scene_frames(count):
+    """Frames of a generated street scene: the demo model finds real objects in them."""
+    from dataclasses import replace
+
+    from streamseg.scenes import Scene, SceneConfig
+    from streamseg.types import Frame
+
+    scene = Scene(replace(SceneConfig(), seed=7, frames=count * 10))
+    return [Frame(f.image, "scene7", f.index, f.time) for f in (scene.render(i * 10) for i in range(count))]
