@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pipeline", type=Path, help="pipeline definition (pipelines/*.toml); flags override it")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     model = run.add_argument_group("model")
-    model.add_argument("--backend", help="torch (default), or none: no model, for re-encoding and pipeline checks")
+    model.add_argument("--backend", help="torch (default); onnx: ONNX Runtime, --weights MODEL.onnx from 'streamseg "
+                       "export onnx' (other weights are exported on start); none: no model, for pipeline checks")
     model.add_argument("--weights", help="checkpoint path, or random[:SEED] for an untrained model (tests only)")
     model.add_argument("--arch", help="auto, v1 (maskrcnn_resnet50_fpn), v2 (maskrcnn_resnet50_fpn_v2)")
     model.add_argument("--device", help="cpu or cuda[:N]")
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_commands = export.add_subparsers(dest="export_command", required=True)
     from streamseg.export.trt_cli import add_trt_parser  # light: TensorRT itself is imported only when building
 
+    from streamseg.export.onnx_cli import add_onnx_parsers
+
+    add_onnx_parsers(export_commands)  # onnx, check
     add_trt_parser(export_commands)  # each export subcommand sets args.handler
     return parser
 

@@ -5,7 +5,19 @@ from streamseg.models.backend import Backend, ModelOptions
 from streamseg.models.null import NoDetections
 from streamseg.models.torch_maskrcnn import ARCHITECTURES, COCO_CLASS_NAMES, TorchMaskRCNN
 
-BACKENDS = {"torch": TorchMaskRCNN, "none": NoDetections}
+def _onnx(options: ModelOptions) -> Backend:
+    from streamseg.models.onnx_backend import OnnxMaskRCNN  # onnx and onnxruntime load only when asked for
+
+    return OnnxMaskRCNN(options)
+
+
+def _tensorrt(options: ModelOptions) -> Backend:
+    from streamseg.models.trt_backend import TensorRTMaskRCNN  # engines from streamseg export trt; TensorRT on use
+
+    return TensorRTMaskRCNN(options)
+
+
+BACKENDS = {"torch": TorchMaskRCNN, "onnx": _onnx, "tensorrt": _tensorrt, "none": NoDetections}
 
 
 def build_backend(options: ModelOptions, backend: str = "torch") -> Backend:
