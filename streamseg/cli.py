@@ -43,6 +43,8 @@ OVERRIDES = {
     "preset": "sinks.preset",
     "crf": "sinks.crf",
     "track": "tracker.enabled",
+    "metrics_port": "live.metrics_port",
+    "transport": "live.transport",
 }
 
 
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-detections", dest="detections", action="store_false", default=None, help="skip JSONL")
     out.add_argument("--preset", help="x264 preset (default veryfast)")
     out.add_argument("--crf", type=int, help="x264 quality, lower is better (default 23)")
+    live = run.add_argument_group("live streams (rtsp://, http(s)://, v4l2://; more under [live] in a pipeline)")
+    live.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on 127.0.0.1:PORT (0: any)")
+    live.add_argument("--transport", choices=("tcp", "udp"), help="RTSP transport (default tcp)")
 
     info = commands.add_parser("info", help="print container, streams, codec, size, fps, duration, rotation")
     info.add_argument("sources", nargs="+")
@@ -184,6 +189,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if not config.sources:
         raise StreamsegError("no sources: pass files or folders, or a --pipeline that lists them")
+    from streamseg.sources import is_live_input
+
+    if any(is_live_input(uri) for uri in config.sources):
+        from streamseg.live import run_live  # cameras: all streams at once, until Ctrl-C
+
+        return run_live(config)
     with Runner(config, progress=not args.no_progress) as runner:
         for uri in config.sources:
             run = runner.process(uri, handle_signals=True)

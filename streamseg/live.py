@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -413,3 +414,31 @@ def _signals_call(stop: Callable[[], None], enabled: bool) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def run_live(config: PipelineConfig) -> int:
+    """``streamseg run`` for live sources: every stream of ``config.sources`` in one run until Ctrl-C / SIGTERM
+    (or every stream has ended). Returns the exit code: 130 when stopped by a signal (outputs are finalized
+    first), 1 when a stream failed for good, else 0."""
+    from streamseg.sources import is_live_input
+
+    files = [uri for uri in config.sources if not is_live_input(uri)]
+    if files:
+        raise StreamsegError(f"live streams and files cannot be mixed in one run: run {redact(files[0])!r} "
+                             "separately")
+    with LiveRunner(config) as runner:
+        run = runner.run(list(config.sources), handle_signals=True)
+    if run.report is not None:
+        print(run.report.table(), file=sys.stderr)
+    for stream in run.streams.values():
+        source = stream.source
+        log.info("%s: %d frames processed, %d dropped, %d reconnects", stream.source_id, stream.processed,
+                 source.dropped, source.reconnects)
+        for kind, path in stream.outputs.items():
+            log.info("%s: %s -> %s", stream.source_id, kind, path)
+    failed = [s for s in run.streams.values() if s.failed]
+    for stream in failed:
+        print(f"streamseg: error: {stream.source_id}: {stream.failed}", file=sys.stderr)
+    if run.interrupted:
+        return 130
+    return 1 if failed else 0

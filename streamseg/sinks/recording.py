@@ -5,7 +5,7 @@ source's reader thread, with the wall-clock time of its receipt, and remux packe
 sent them (full frame rate and quality, a few percent of one core). A file always starts at a keyframe.
 
 - :class:`SegmentRecorder`: ``<dir>/<id>-YYYYmmddTHHMMSSZ.mp4`` files of about ``segment_seconds`` each (cut at
-  the first keyframe after that length); a reconnect (possibly with a new resolution) starts a new segment.
+  the first keyframe after that much stream time); a reconnect (possibly with a new resolution) starts a new segment.
 - :class:`EventClipper`: ``trigger(wall_time, name)`` asks for a clip from ``pre`` seconds before ``wall_time``
   to ``post`` after; packets of the last ``pre`` seconds (from the keyframe before them) are kept in memory, so the
   clip shows what led to the event. A clip is written once its end has been received, or cut short when the stream
@@ -77,6 +77,11 @@ class _Mp4:
         self.last_wall = p.wall
         self.packets += 1
 
+    def elapsed(self, p: _Packet) -> float:
+        """Stream seconds from this file's first packet to ``p`` (the camera's clock: bursts after a connect
+        arrive at once but still count at their own rate)."""
+        return 0.0 if self._base is None else float((p.pts - self._base) * self._time_base)
+
     def close(self) -> None:
         try:
             self._container.close()
@@ -121,7 +126,7 @@ class SegmentRecorder:
             if self._template is None:
                 return
             current = self._current
-            if current is not None and p.keyframe and p.wall - current.first_wall >= self.segment_seconds:
+            if current is not None and p.keyframe and current.elapsed(p) >= self.segment_seconds:
                 self._finish()
                 current = None
             if current is None:

@@ -348,10 +348,14 @@ class LiveSource(Source):
             url, fmt = self.uri[len("v4l2://"):], "video4linux2"
         elif self.uri.startswith("/dev/video"):
             fmt = "video4linux2"
+        started = time.monotonic()
         try:
             container = av.open(url, format=fmt, options=options, timeout=(self.connect_timeout, self.read_timeout))
         except Exception as err:  # FFmpeg, OS and PyAV's own errors alike: all mean "not reachable now"
-            raise SourceError(self._clean(err)) from None
+            reason, waited = self._clean(err), time.monotonic() - started
+            if waited >= 0.9 * min(self.connect_timeout, self.read_timeout) and reason != "timed out":
+                reason = f"timed out: no answer within {waited:.1f} s; {reason}"  # FFmpeg words it vaguely
+            raise SourceError(reason) from None
         if not container.streams.video:
             container.close()
             raise SourceError("no video stream")
@@ -368,7 +372,7 @@ class LiveSource(Source):
                 stream = container.streams.video[0]
                 for tap in self.taps:
                     self._tap(tap.session, stream)
-                t0, reason = None, "end of stream"
+                t0, start, session_last, reason = None, offset, None, "end of stream"
                 try:
                     for packet in container.demux(stream):
                         if self._closing.is_set():
@@ -387,12 +391,15 @@ class LiveSource(Source):
                             image = picture.to_ndarray(format="rgb24")
                             received = time.time()
                             pts = picture.pts
+                            step = 1 / float(stream.average_rate or 25)
                             if pts is not None and t0 is None:
-                                t0 = pts
+                                # this session's clock starts here: right after any frame that came without pts
+                                t0, start = pts, (offset if session_last is None else session_last + step)
                             if pts is not None:
-                                seconds = offset + float((pts - t0) * stream.time_base)
+                                seconds = start + float((pts - t0) * stream.time_base)
                             else:
-                                seconds = (last_time + 1 / 25) if last_time is not None else offset
+                                seconds = (session_last + step) if session_last is not None else offset
+                            session_last = seconds
                             if last_time is not None and seconds <= last_time:
                                 seconds = last_time + 1e-3
                             last_time = seconds

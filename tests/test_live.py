@@ -1,0 +1,399 @@
+"""Live streams against a real RTSP server on 127.0.0.1 (Debian's GStreamer, tests/rtsp_server.py): reading, the
+server killed and restarted, a camera that never answers, two cameras with one killed, credentials never shown,
+/metrics and /healthz, recording segments and event clips, cross-stream batching."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import av
+import pytest
+
+from live_server import RtspServer, free_port, gstreamer_missing, make_clip
+from streamseg.config import build_config
+from streamseg.errors import SourceError
+from streamseg.live import LiveRunner
+from streamseg.models import ModelOptions, NoDetections
+from streamseg.redact import RedactingFilter, redact, redact_url, secrets_of
+from streamseg.sinks.recording import EventClipper, SegmentRecorder
+from streamseg.sources import LiveSource, Reconnect, is_live_input, live_source_id, open_source
+
+REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "Pa55-w0rd!x"
+FAST = Reconnect(initial=0.2, maximum=1.0, jitter=0.1)
+
+_missing = gstreamer_missing()
+needs_server = pytest.mark.skipif(_missing is not None, reason=_missing or "")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("live_clips")
+    return {"qvga": make_clip(folder / "qvga.mp4", 40), "small": make_clip(folder / "small.mp4", 40, 256, 144)}
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def read_until(frames_in, stop, timeout: float) -> list:
+    """Frames from the iterator ``frames_in`` until ``stop(frames)`` or the timeout (iterate a source once)."""
+    frames, deadline = [], time.monotonic() + timeout
+    for frame in frames_in:
+        frames.append(frame)
+        if stop(frames) or time.monotonic() > deadline:
+            break
+    return frames
+
+
+# -- redaction (pure functions, and through a real log handler) ------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("rtsp://admin:hunter2@10.0.0.7:554/s1", "rtsp://***@10.0.0.7:554/s1"),
+    ("rtsp://admin@cam/s1", "rtsp://***@cam/s1"),
+    ("rtsp://cam/s1", "rtsp://cam/s1"),
+    ("error opening 'rtsp://u:p%40ss@h/x': refused", "error opening 'rtsp://***@h/x': refused"),
+    ("https://cam/live.m3u8?token=abc123&x=1", "https://cam/live.m3u8?token=***&x=1"),
+])
+def test_redact_url(text, expected):
+    assert redact_url(text) == expected
+
+
+def test_redact_secrets_outside_urls_and_in_log_records(caplog):
+    url = f"rtsp://bob:{PASSWORD.replace('!', '%21')}@127.0.0.1/cam"
+    secrets = secrets_of(url)
+    assert PASSWORD in secrets and "bob" in secrets
+    assert PASSWORD not in redact(f"auth failed for bob with {PASSWORD}", secrets)
+    stream = logging.StreamHandler(open(os.devnull, "w"))
+    records = []
+    stream.emit = records.append
+    stream.addFilter(RedactingFilter(secrets))
+    logger = logging.getLogger("streamseg.test_redact")
+    logger.addHandler(stream)
+    try:
+        logger.error("connect %s failed: %s", url, PASSWORD)
+        try:
+            raise OSError(f"cannot open {url}")
+        except OSError:
+            logger.exception("boom")
+    finally:
+        logger.removeHandler(stream)
+        stream.stream.close()
+    text = "\n".join(logging.Formatter().format(r) for r in records)
+    assert "boom" in text and "***" in text
+    assert PASSWORD not in text and PASSWORD.replace("!", "%21") not in text
+
+
+def test_live_inputs_and_ids():
+    assert is_live_input("rtsp://h/x") and is_live_input("https://h/a.m3u8") and is_live_input("/dev/video0")
+    assert is_live_input("v4l2:///dev/video0")
+    assert not is_live_input("clip.mp4") and not is_live_input("/data/frames/*.png")
+    assert live_source_id("rtsp://u:p@cam.local:554/stream1") == "stream1"
+    assert live_source_id("rtsp://u:p@cam.local:554/") == "cam.local_554"
+    assert live_source_id("/dev/video2") == "video2"
+    assert Reconnect(initial=1, maximum=8, jitter=0).delay(10, __import__("random").Random(0)) == 8
+
+
+# -- a real RTSP server -------------------------------------------------------------------------------------------------
+
+@needs_server
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_stream_read_end_to_end(clips, transport):
+    with RtspServer({"/cam": clips["qvga"]}) as server:
+        statuses = []
+        with open_source(server.url("/cam"), transport=transport, on_status=statuses.append) as source:
+            assert source.info.is_live and (source.info.width, source.info.height) == (320, 240)
+            assert source.info.uri == server.url("/cam")
+            frames = read_until(source, lambda fs: len(fs) >= 60, timeout=20)
+        assert source.closed
+    assert len(frames) == 60
+    assert [f.index for f in frames] == list(range(60))  # nothing dropped: this consumer keeps up
+    assert all(f.image.shape == (240, 320, 3) and f.source_id == "cam" for f in frames)
+    times = [f.time for f in frames]
+    assert all(b > a for a, b in zip(times, times[1:]))
+    assert times[-1] == pytest.approx(59 / 25, abs=0.1)  # the stream's own clock
+    with_pts = [f for f in frames if f.pts is not None]
+    assert len(with_pts) >= 58 and all(f.time_base is not None for f in with_pts)
+    assert all(abs(time.time() - f.capture_time) < 30 for f in frames)
+    assert [s.kind for s in statuses] == ["stream_up"]
+
+
+@needs_server
+def test_server_killed_and_restarted_resumes_with_down_up_and_new_resolution(clips):
+    server = RtspServer({"/cam": clips["qvga"]}).start()
+    statuses = []
+    try:
+        with LiveSource(server.url("/cam"), reconnect=FAST, read_timeout=2, on_status=statuses.append) as source:
+            live = iter(source)
+            before = read_until(live, lambda fs: len(fs) >= 25, timeout=20)
+            server.kill()
+            # the camera comes back after a while, now at another resolution
+            server.mounts = {"/cam": clips["small"]}
+            threading.Timer(1.5, server.start).start()
+            after = read_until(live, lambda fs: fs[-1].width == 256 and len(fs) >= 5 + sum(
+                f.width == 320 for f in fs), timeout=30)
+        assert source.reconnects == 1
+    finally:
+        wait_for(lambda: server.process is not None, 25, "the server restart")
+        server.kill()
+    kinds = [s.kind for s in statuses]
+    assert kinds == ["stream_up", "stream_down", "stream_up"], kinds
+    up = statuses[-1]
+    assert up.reconnects == 1 and up.resized and (up.width, up.height) == (256, 144)
+    assert statuses[1].reason  # why it went down, e.g. "end of stream" or a read error
+    new = [f for f in after if f.width == 256]
+    assert len(new) >= 5 and new[0].image.shape == (144, 256, 3)
+    indices = [f.index for f in before + after]
+    assert all(b > a for a, b in zip(indices, indices[1:]))  # one index sequence across the reconnect
+    times = [f.time for f in before + after]
+    assert all(b > a for a, b in zip(times, times[1:]))  # time goes on across the gap
+    assert new[0].time - before[-1].time >= 1.0
+
+
+def test_camera_that_never_answers_fails_after_the_configured_attempts():
+    # a TCP port that accepts connections and never says a word (a hung camera)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"rtsp://admin:{PASSWORD}@127.0.0.1:{silent.getsockname()[1]}/cam"
+        started = time.monotonic()
+        with pytest.raises(SourceError) as caught:
+            LiveSource(url, connect_timeout=1.0, read_timeout=1.0, connect_attempts=2,
+                       reconnect=Reconnect(initial=0.1, maximum=0.2)).open()
+        elapsed = time.monotonic() - started
+    message = str(caught.value)
+    assert "cannot connect after 2 attempts" in message and "timed out" in message, message
+    assert "\n" not in message and PASSWORD not in message and "admin" not in message
+    assert elapsed < 8  # two attempts of about one second each, not FFmpeg's default of forever
+
+
+@needs_server
+def test_cli_unreachable_camera_one_line_error_without_credentials(tmp_path):
+    url = f"rtsp://admin:{PASSWORD}@127.0.0.1:{free_port()}/cam"
+    done = subprocess.run([sys.executable, "-m", "streamseg.cli", "run", url, "-o", str(tmp_path), "--backend",
+                           "none"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("streamseg: error:")]
+    assert len(errors) == 1 and "cannot connect after 3 attempts" in errors[0], done.stderr
+    everything = done.stdout + done.stderr + "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+    assert PASSWORD not in everything and "admin" not in everything
+
+
+def live_config(tmp_path: Path, **live) -> "PipelineConfig":  # noqa: F821
+    settings = {"read_timeout": 2.0, "reconnect_initial": 0.2, "reconnect_max": 1.0} | live
+    return build_config({"output_dir": str(tmp_path), "backend": "none", "live": settings,
+                         "sinks": {"video": False}})
+
+
+def run_in_thread(runner: LiveRunner, urls: list[str]):
+    box = {}
+
+    def target():
+        try:
+            box["run"] = runner.run(urls)
+        except BaseException as err:  # noqa: BLE001 - re-raised by the test
+            box["error"] = err
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, box
+
+
+@needs_server
+def test_two_cameras_one_killed_the_other_unaffected(clips, tmp_path):
+    a = RtspServer({"/cam_a": clips["qvga"]}).start()
+    b = RtspServer({"/cam_b": clips["qvga"]}).start()
+    runner = LiveRunner(live_config(tmp_path), NoDetections(ModelOptions()))
+    thread, box = run_in_thread(runner, [a.url("/cam_a"), b.url("/cam_b")])
+    try:
+        assert runner.ready.wait(30), box
+        streams = runner._streams
+        wait_for(lambda: streams["cam_a"].processed > 20 and streams["cam_b"].processed > 20, 20, "both streams")
+        a.kill()
+        wait_for(lambda: not streams["cam_a"].source.up, 10, "cam_a down")
+        b_start, t0 = streams["cam_b"].processed, time.monotonic()
+        time.sleep(3.0)
+        b_rate = (streams["cam_b"].processed - b_start) / (time.monotonic() - t0)
+        a_during = streams["cam_a"].processed
+        a.start()
+        wait_for(lambda: streams["cam_a"].processed > a_during + 10, 30, "cam_a back")
+    finally:
+        runner.stop()
+        thread.join(30)
+        a.kill()
+        b.kill()
+    assert "error" not in box, box.get("error")
+    run = box["run"]
+    assert b_rate > 15, f"cam_b slowed to {b_rate:.1f} fps while cam_a was down"
+    kinds_a = [s.kind for s in run.streams["cam_a"].statuses]
+    kinds_b = [s.kind for s in run.streams["cam_b"].statuses]
+    assert kinds_a == ["stream_up", "stream_down", "stream_up"] and kinds_b == ["stream_up"]
+    lines = [json.loads(line) for line in (tmp_path / "cam_a.streams.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in lines] == kinds_a and lines[-1]["reconnects"] == 1
+    records = (tmp_path / "cam_b.detections.jsonl").read_text().splitlines()
+    assert len(records) == run.streams["cam_b"].processed
+
+
+@needs_server
+def test_credentials_never_appear_in_any_output(clips, tmp_path, caplog):
+    server = RtspServer({"/cam": clips["qvga"]}, user="operator", password=PASSWORD).start()
+    config = build_config({"output_dir": str(tmp_path), "backend": "none",
+                           "live": {"read_timeout": 2.0, "reconnect_initial": 0.2, "reconnect_max": 1.0,
+                                    "metrics_port": 0, "segment_minutes": 0.05, "clips": True,
+                                    "clip_pre": 0.5, "clip_post": 0.5}})
+    caplog.set_level(logging.DEBUG)
+    runner = LiveRunner(config, NoDetections(ModelOptions()))
+    thread, box = run_in_thread(runner, [server.url("/cam")])
+    scraped = []
+    try:
+        assert runner.ready.wait(30), box
+        wait_for(lambda: runner._streams["cam"].processed > 10, 20, "frames")
+        server.kill()  # errors and down/up events carry messages that could quote the URL
+        wait_for(lambda: not runner._streams["cam"].source.up, 10, "down")
+        server.start()
+        wait_for(lambda: runner._streams["cam"].source.up and runner._streams["cam"].processed > 40, 30, "up")
+        for path in ("/metrics", "/healthz", "/nothing"):
+            try:
+                scraped.append(urllib.request.urlopen(runner.metrics_server.url + path, timeout=5).read().decode())
+            except urllib.error.HTTPError as err:
+                scraped.append(err.read().decode())
+    finally:
+        runner.stop()
+        thread.join(30)
+        server.kill()
+    assert "error" not in box, box.get("error")
+    # a wrong password: the error names the URL, redacted
+    with pytest.raises(SourceError) as caught:
+        LiveSource(server.url("/cam").replace(PASSWORD, PASSWORD + "x"), connect_attempts=1).open()
+    files = "".join(p.read_text(errors="replace") for p in tmp_path.rglob("*.json*"))
+    everything = "\n".join([caplog.text, files, *scraped, str(caught.value), repr(box["run"].streams["cam"].statuses),
+                            box["run"].report.table()])
+    assert 'stream="cam"' in everything and "stream_down" in everything  # the outputs were really looked at
+    for secret in (PASSWORD, "operator"):
+        assert secret not in everything
+    segment_bytes = b"".join(p.read_bytes() for p in tmp_path.rglob("*.mp4"))
+    assert PASSWORD.encode() not in segment_bytes
+
+
+@needs_server
+def test_metrics_and_healthz_on_loopback(clips, tmp_path):
+    with RtspServer({"/cam": clips["qvga"]}) as server:
+        runner = LiveRunner(live_config(tmp_path, metrics_port=0), NoDetections(ModelOptions()))
+        thread, box = run_in_thread(runner, [server.url("/cam")])
+        try:
+            assert runner.ready.wait(30), box
+            wait_for(lambda: runner._streams["cam"].processed > 30, 20, "frames")
+            assert runner.metrics_server.host == "127.0.0.1"
+            metrics = urllib.request.urlopen(runner.metrics_server.url + "/metrics", timeout=5).read().decode()
+            health = json.loads(urllib.request.urlopen(runner.metrics_server.url + "/healthz", timeout=5).read())
+        finally:
+            runner.stop()
+            thread.join(30)
+    values = {}
+    for line in metrics.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values['streamseg_stream_up{stream="cam"}'] == 1.0
+    assert values['streamseg_frames_processed_total{stream="cam"}'] > 30
+    assert values['streamseg_frames_received_total{stream="cam"}'] >= values['streamseg_frames_processed_total'
+                                                                             '{stream="cam"}']
+    assert 'streamseg_frames_dropped_total{stream="cam"}' in values
+    assert values['streamseg_reconnects_total{stream="cam"}'] == 0
+    assert values['streamseg_capture_to_result_seconds_count{stream="cam"}'] > 30
+    assert values['streamseg_stream_fps{stream="cam"}'] > 0
+    assert 'streamseg_queue_depth{queue="stream:cam"}' in values and 'streamseg_queue_depth{queue="stage:write"}' \
+        in values
+    assert health["ok"] is True and health["streams"]["cam"]["up"] is True
+
+
+@needs_server
+def test_cross_stream_batching_one_forward_for_several_cameras(clips, tmp_path):
+    class SlowRecording(NoDetections):
+        """The no-detections model, 80 ms per forward, remembering each batch's size."""
+
+        def __init__(self):
+            super().__init__(ModelOptions())
+            self.batches = []
+
+        def predict(self, frames):
+            self.batches.append(sorted(f.source_id for f in frames))
+            time.sleep(0.08)
+            return super().predict(frames)
+
+    results = {}
+    with RtspServer({"/c1": clips["qvga"], "/c2": clips["qvga"]}) as server:
+        for batching in (True, False):
+            backend = SlowRecording()
+            runner = LiveRunner(live_config(tmp_path / str(batching), cross_stream_batching=batching), backend)
+            thread, box = run_in_thread(runner, [server.url("/c1"), server.url("/c2")])
+            assert runner.ready.wait(30), box
+            time.sleep(3)
+            runner.stop()
+            thread.join(30)
+            results[batching] = backend.batches[5:]
+    assert results[True] and max(len(b) for b in results[False]) == 1
+    together = sum(b == ["c1", "c2"] for b in results[True]) / len(results[True])
+    assert together > 0.8, results[True]
+    # both cameras get their turn without batching too (round robin)
+    alone = [b[0] for b in results[False]]
+    assert 0.3 < alone.count("c1") / len(alone) < 0.7
+
+
+@needs_server
+def test_segments_and_event_clip_from_the_pre_event_buffer(clips, tmp_path):
+    recorder = SegmentRecorder(tmp_path / "segments", "cam", segment_seconds=2.0)
+    clipper = EventClipper(tmp_path / "clips", "cam", pre=1.0, post=1.0)
+    with RtspServer({"/cam": clips["qvga"]}) as server:
+        with LiveSource(server.url("/cam"), taps=[recorder, clipper]) as source:
+            live = iter(source)
+            frames = read_until(live, lambda fs: fs[-1].time > 3.0, timeout=20)
+            event_at = frames[-1].capture_time
+            clipper.trigger(event_at, "enter-door-7")
+            read_until(live, lambda fs: fs[-1].time > 7.5, timeout=20)
+    assert len(clipper.clips) == 1 and "enter-door-7" in clipper.clips[0].name
+    assert len(recorder.segments) >= 3
+    for i, path in enumerate(recorder.segments):
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            decoded = [f for f in container.decode(stream)]
+            assert decoded[0].key_frame and (stream.width, stream.height) == (320, 240)
+            if i < len(recorder.segments) - 1:  # the last one ends with the run
+                assert 25 * 2 <= len(decoded) <= 25 * 3 + 2, (path, len(decoded))  # cut at a keyframe after 2 s
+    with av.open(str(clipper.clips[0])) as container:
+        count = sum(1 for _ in container.decode(video=0))
+    # from the keyframe at or before 1 s before the event to 1 s after: 2 to 3 s of 25 fps video
+    assert 2 * 25 - 3 <= count <= 3 * 25 + 3, count
+
+
+@needs_server
+def test_cli_live_run_ctrl_c_finalizes_outputs(clips, tmp_path):
+    with RtspServer({"/cam": clips["qvga"]}, user="viewer", password=PASSWORD) as server:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamseg.cli", "run", server.url("/cam"), "-o", str(tmp_path), "--backend",
+             "none", "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        wait_for(lambda: (tmp_path / "cam.detections.jsonl").exists()
+                 and len((tmp_path / "cam.detections.jsonl").read_text().splitlines()) > 30, 60, "results")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "metrics: http://127.0.0.1:" in err
+    with av.open(str(tmp_path / "cam.mp4")) as container:
+        written = sum(1 for _ in container.decode(video=0))
+    records = (tmp_path / "cam.detections.jsonl").read_text().splitlines()
+    assert written == len(records) > 30
+    assert PASSWORD not in out + err and "viewer" not in out + err
