@@ -356,6 +356,27 @@ def test_backend_without_tensorrt_or_gpu_is_one_line_error(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.skipif(HAVE_TRT and HAVE_GPU, reason="TensorRT and a GPU are both here")
+def test_cli_export_check_engine_folder_is_one_line_error(fused_onnx, tmp_path):
+    from streamseg.export.check import default_sources
+
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    for s in trt_build.STAGES:
+        (folder / f"{s}.plan").write_bytes(b"\0")
+    (folder / trt_build.MANIFEST).write_text(json.dumps({
+        "format": trt_build.MANIFEST_FORMAT, "batch": [1, 1, 1], "precision": "fp32",
+        "onnx": {"file": str(fused_onnx)}, "stages": {s: {"file": f"{s}.plan"} for s in trt_build.STAGES}}))
+    cmd = [sys.executable, "-m", "streamseg.cli", "export", "check", str(folder), "--frames", "1",
+           "--source", default_sources()[0]]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("streamseg: error:")]
+    assert len(lines) == 1 and ("TensorRT" in lines[0] or "GPU" in lines[0]), result.stderr
+    result = subprocess.run(cmd[:5] + [str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "not an engine folder" in result.stderr
+
+
 # ------------------------------------------------------------------------------------------- engines (TensorRT + GPU)
 
 

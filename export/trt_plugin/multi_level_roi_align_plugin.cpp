@@ -262,12 +262,13 @@ bool MultiLevelRoIAlignPlugin::supportsFormatCombination(
     }
     if (pos == 0)
     {
-        return true;  // rois: float32 or float16
+        // rois stay float32 even in fp16 engines: coordinates of a 1333-px input in fp16 are only 0.5-1 px apart,
+        // which would move sample points and even the level choice (the kernel itself also takes fp16 rois)
+        return desc.type == DataType::kFLOAT;
     }
     if (pos == 1)
     {
-        // features: float32 or float16; float16 rois only with float16 features
-        return !(inOut[0].desc.type == DataType::kHALF && desc.type == DataType::kFLOAT);
+        return true;  // features: float32 or float16
     }
     return desc.type == inOut[1].desc.type;  // the other levels and the output share level 0's type
 }

@@ -446,7 +446,7 @@ def build_engines(onnx_path: str | Path, output: str | Path, settings: BuildSett
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    logger = _Logger.create(trt)
+    logger = _Logger.create(trt)  # referenced until the end of the build: TensorRT keeps a pointer to it
     builder = trt.Builder(logger)
     weak = weakly_typed(trt)
     stages = stage_models(model, meta)

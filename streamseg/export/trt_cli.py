@@ -132,19 +132,13 @@ def check_engines(folder: str | Path, frames, device: str = "cuda", onnx_path: s
 
 def cmd_check_engines(path: Path, video: str | None, frames: int = 8, onnx_path: Path | None = None,
                       device: str = "cuda") -> int:
-    """``streamseg export check ENGINE_FOLDER``: print the comparison; exit status 0 on pass, 1 on fail."""
-    from streamseg.sources import open_source
+    """``streamseg export check ENGINE_FOLDER [--source CLIP]``: print the comparison; a :class:`StreamsegError`
+    (exit 1) when it fails. Frames: ``frames`` from ``video``, or from each evalkit clip when no source is given."""
+    from streamseg.export.check import default_sources, read_frames
 
     if not is_engine_folder(path):
-        raise ConfigError(f"{path}: not an engine folder (no streamseg.json)")
-    if video is None:
-        raise ConfigError("checking engines needs frames: pass --video CLIP (a clip of your footage)")
-    with open_source(video) as source:
-        picked = []
-        for frame in source:
-            picked.append(frame)
-            if len(picked) == frames:
-                break
+        raise ConfigError(f"{path}: not an engine folder (no streamseg.json; build one with 'streamseg export trt')")
+    picked = read_frames([video] if video else default_sources(), frames)
     report = check_engines(path, picked, device=device, onnx_path=onnx_path)
     print(report.table())
     if not report.passed:

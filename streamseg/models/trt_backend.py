@@ -177,7 +177,8 @@ class TensorRTMaskRCNN(OnnxMaskRCNN):
         folder = Path(options.weights)
         with torch.cuda.device(device):
             self.stream = torch.cuda.Stream(device)
-            self.runtime = trt.Runtime(_Logger.create(trt))
+            self.trt_logger = _Logger.create(trt)  # TensorRT keeps a pointer to it: it must outlive the runtime
+            self.runtime = trt.Runtime(self.trt_logger)
             self.sessions = {stage: EngineRunner(trt, self.runtime, folder / manifest["stages"][stage]["file"],
                                                  device, self.stream) for stage in STAGES}
         self.provider = self.sessions["rpn"].get_providers()[0]
