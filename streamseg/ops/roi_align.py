@@ -55,7 +55,7 @@ def level_of(rois: torch.Tensor, num_levels: int, finest_scale: int = 56, finest
     k0 = k_min + 2  # torchvision: canonical level 4 for stride-4 P2, canonical scale 224 = 4 * 56
     s0 = 4.0 * finest_scale
     scale = torch.sqrt(area)
-    target = torch.floor(k0 + torch.log2(scale / s0) + torch.tensor(LEVEL_EPS, dtype=scale.dtype))
+    target = torch.floor(k0 + torch.log2(scale / s0) + LEVEL_EPS)  # a Python float is added in float32
     target = torch.clamp(target, min=k_min, max=k_min + num_levels - 1)
     return (target.to(torch.int64) - int(k_min)).to(torch.int64)
 
