@@ -191,63 +191,94 @@ def test_plugin_library_builds_with_cmake(tmp_path):
         assert "getCreators" in symbols and "setLoggerFinder" in symbols and "initLibStreamsegPlugins" in symbols
 
 
-# ------------------------------------------------------------------------------------------- kernel on the GPU
+# ------------------------------------------------------------------------------------------- kernel vs reference
+# The same checks run the CUDA kernel (where a GPU is visible) and, everywhere the harness builds, the kernel's
+# __host__ __device__ per-element code in a CPU loop (multi_level_roi_align_host): same source lines, so the
+# arithmetic (level choice, sample grid, bilinear edges, aligned, adaptive sampling, fp16 I/O) is checked even here.
 
 
 @pytest.fixture(scope="module")
-def kernel():
-    if not HAVE_GPU:
-        pytest.skip(GPU_REASON)
+def harness():
     if CUDA_HOME is None:
         pytest.skip(NVCC_REASON)
     return load_kernel_extension()
 
 
-def _run_kernel(kernel, rois, features, size, sampling_ratio, aligned=0, roi_scale_factor=1.0):
-    return kernel.multi_level_roi_align(rois, features, size, size, sampling_ratio, 1, aligned, list(STRIDES), 56,
-                                        roi_scale_factor)
+@pytest.fixture(params=["host", "cuda"])
+def kernel_on(request, harness):
+    """``run(rois, features, size, sampling_ratio, aligned, roi_scale_factor)`` on the CPU loop or the GPU."""
+    if request.param == "cuda" and not HAVE_GPU:
+        pytest.skip(GPU_REASON)
+    device = request.param
+
+    def run(rois, features, size, sampling_ratio, aligned=0, roi_scale_factor=1.0):
+        fn = harness.multi_level_roi_align if device == "cuda" else harness.multi_level_roi_align_host
+        dev = "cuda" if device == "cuda" else "cpu"
+        out = fn(rois.to(dev), [f.to(dev) for f in features], size, size, sampling_ratio, 1, aligned,
+                 list(STRIDES), 56, roi_scale_factor)
+        return out.cpu()
+
+    run.device = device
+    return run
 
 
 @pytest.mark.parametrize("aligned", [0, 1])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 @pytest.mark.parametrize("size", [7, 14])
-def test_kernel_matches_reference_fp32(kernel, size, sampling_ratio, aligned):
-    for seed in range(3):
-        features = pyramid(channels=16, seed=seed)
-        rois = torch.cat([boundary_rois(), random_rois(500, seed=seed + 10)])
+def test_kernel_matches_reference_fp32(kernel_on, size, sampling_ratio, aligned):
+    seeds = range(3) if kernel_on.device == "cuda" else range(1)  # the CPU loop is slow; one seed is enough there
+    for seed in seeds:
+        features = pyramid(channels=16 if kernel_on.device == "cuda" else 4, seed=seed)
+        rois = torch.cat([boundary_rois(), random_rois(500 if kernel_on.device == "cuda" else 150, seed=seed + 10)])
         expected = multi_level_roi_align_reference(rois, features, size, size, sampling_ratio, aligned=aligned)
-        got = _run_kernel(kernel, rois.cuda(), [f.cuda() for f in features], size, sampling_ratio, aligned).cpu()
+        got = kernel_on(rois, features, size, sampling_ratio, aligned)
         assert got.shape == expected.shape and got.dtype == torch.float32
         diff = (got - expected).abs().max().item()
-        assert diff <= 1e-4, f"max abs diff {diff} (seed {seed})"
+        assert diff <= 1e-4, f"{kernel_on.device}: max abs diff {diff} (seed {seed})"
 
 
 @pytest.mark.parametrize("roi_dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
-def test_kernel_matches_reference_fp16(kernel, sampling_ratio, roi_dtype):
+def test_kernel_matches_reference_fp16(kernel_on, sampling_ratio, roi_dtype):
     """fp16 features (and rois): compared with the fp32 reference on the same fp16-rounded inputs."""
-    features = pyramid(channels=16, seed=3)
-    rois = torch.cat([boundary_rois(), random_rois(500, seed=4)])
+    features = pyramid(channels=16 if kernel_on.device == "cuda" else 4, seed=3)
+    rois = torch.cat([boundary_rois(), random_rois(500 if kernel_on.device == "cuda" else 150, seed=4)])
     half_features = [f.half() for f in features]
     rounded_rois = rois.to(roi_dtype)
     expected = multi_level_roi_align_reference(rounded_rois.float(), [f.float() for f in half_features], 7, 7,
                                                sampling_ratio)
-    got = _run_kernel(kernel, rounded_rois.cuda(), [f.cuda() for f in half_features], 7, sampling_ratio)
+    got = kernel_on(rounded_rois, half_features, 7, sampling_ratio)
     assert got.dtype == torch.float16
-    diff = (got.float().cpu() - expected).abs().max().item()
-    assert diff <= 1e-2, f"max abs diff {diff}"
+    diff = (got.float() - expected).abs().max().item()
+    assert diff <= 1e-2, f"{kernel_on.device}: max abs diff {diff}"
 
 
-def test_kernel_empty_rois_and_roi_scale_factor(kernel):
-    features = [f.cuda() for f in pyramid(channels=16)]
+def test_kernel_empty_rois_and_roi_scale_factor(kernel_on):
+    features = pyramid(channels=4)
     for dtype in (torch.float32, torch.float16):
-        out = _run_kernel(kernel, torch.zeros((0, 5), device="cuda", dtype=dtype),
-                          [f.to(dtype) for f in features], 7, 2)
-        assert out.shape == (0, 16, 7, 7) and out.dtype == dtype
-    rois = random_rois(300)
-    expected = multi_level_roi_align_reference(rois, pyramid(channels=16), 7, 7, 2, roi_scale_factor=1.5)
-    got = _run_kernel(kernel, rois.cuda(), features, 7, 2, roi_scale_factor=1.5).cpu()
+        out = kernel_on(torch.zeros((0, 5), dtype=dtype), [f.to(dtype) for f in features], 7, 2)
+        assert out.shape == (0, 4, 7, 7) and out.dtype == dtype
+    rois = random_rois(150)
+    expected = multi_level_roi_align_reference(rois, features, 7, 7, 2, roi_scale_factor=1.5)
+    got = kernel_on(rois, features, 7, 2, roi_scale_factor=1.5)
     assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_kernel_rejects_what_the_plugin_rejects(harness):
+    rois, features = random_rois(4), pyramid(channels=2)
+    with pytest.raises(RuntimeError, match="pool_mode"):
+        harness.multi_level_roi_align_host(rois, features, 7, 7, 2, 0, 0, list(STRIDES), 56, 1.0)
+    with pytest.raises(RuntimeError, match="featmap_strides"):
+        harness.multi_level_roi_align_host(rois, features, 7, 7, 2, 1, 0, [4.0, 8.0, 12.0, 32.0], 56, 1.0)
+    with pytest.raises(RuntimeError, match="float16 rois need float16 features"):
+        harness.multi_level_roi_align_host(rois.half(), features, 7, 7, 2, 1, 0, list(STRIDES), 56, 1.0)
+
+
+@pytest.fixture(scope="module")
+def kernel(harness):
+    if not HAVE_GPU:
+        pytest.skip(GPU_REASON)
+    return harness
 
 
 def test_kernel_time_against_portable_path_at_1000_rois(kernel, capsys):
@@ -317,12 +348,13 @@ def test_missing_tensorrt_is_one_line_error(fused_onnx, tmp_path):
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: the missing-TensorRT errors cannot occur")
-def test_cli_export_trt_without_tensorrt(fused_onnx, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "streamseg.cli", "export", "trt", str(fused_onnx), "-o",
-                             str(tmp_path / "e"), "--precision", "fp32"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("streamseg: error:")]
-    assert len(lines) == 1 and "TensorRT is not available" in lines[0], result.stderr
+def test_cli_export_trt_without_tensorrt(fused_onnx, tmp_path, capsys):
+    from streamseg.cli import main
+
+    assert main(["export", "trt", str(fused_onnx), "-o", str(tmp_path / "e"), "--precision", "fp32"]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("streamseg: error:")]
+    assert len(lines) == 1 and "TensorRT is not available" in lines[0], err
 
 
 def test_int8_needs_calibration_frames(fused_onnx, tmp_path):
@@ -356,7 +388,8 @@ def test_backend_without_tensorrt_or_gpu_is_one_line_error(tmp_path):
 
 
 @pytest.mark.skipif(HAVE_TRT and HAVE_GPU, reason="TensorRT and a GPU are both here")
-def test_cli_export_check_engine_folder_is_one_line_error(fused_onnx, tmp_path):
+def test_cli_export_check_engine_folder_is_one_line_error(fused_onnx, tmp_path, capsys):
+    from streamseg.cli import main
     from streamseg.export.check import default_sources
 
     folder = tmp_path / "engines"
@@ -366,14 +399,12 @@ def test_cli_export_check_engine_folder_is_one_line_error(fused_onnx, tmp_path):
     (folder / trt_build.MANIFEST).write_text(json.dumps({
         "format": trt_build.MANIFEST_FORMAT, "batch": [1, 1, 1], "precision": "fp32",
         "onnx": {"file": str(fused_onnx)}, "stages": {s: {"file": f"{s}.plan"} for s in trt_build.STAGES}}))
-    cmd = [sys.executable, "-m", "streamseg.cli", "export", "check", str(folder), "--frames", "1",
-           "--source", default_sources()[0]]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("streamseg: error:")]
-    assert len(lines) == 1 and ("TensorRT" in lines[0] or "GPU" in lines[0]), result.stderr
-    result = subprocess.run(cmd[:5] + [str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "not an engine folder" in result.stderr
+    assert main(["export", "check", str(folder), "--frames", "1", "--source", default_sources()[0]]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("streamseg: error:")]
+    assert len(lines) == 1 and ("TensorRT" in lines[0] or "GPU" in lines[0]), err
+    assert main(["export", "check", str(tmp_path)]) == 1
+    assert "not an engine folder" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- engines (TensorRT + GPU)

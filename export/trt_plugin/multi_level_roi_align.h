@@ -61,4 +61,9 @@ cudaError_t multiLevelRoIAlignForward(MultiLevelRoIAlignAttributes const& attrib
     void const* rois, ElementType roiType, FeatureMaps const& features, ElementType featureType, void* output,
     cudaStream_t stream);
 
+// The same per-element code run by a plain loop on the CPU, on host pointers: how the kernel's arithmetic is tested
+// on machines without a GPU (the harness binds it as multi_level_roi_align_host). Slow; never used by the plugin.
+cudaError_t multiLevelRoIAlignForwardHost(MultiLevelRoIAlignAttributes const& attributes, int64_t numRois,
+    void const* rois, ElementType roiType, FeatureMaps const& features, ElementType featureType, void* output);
+
 } // namespace streamseg

@@ -30,39 +30,45 @@ struct LevelParams
     float s0;    // canonical scale, 4 * finest_scale (224)
 };
 
+// Everything below that computes values is __host__ __device__: the GPU kernel and the host driver used by tests
+// on machines without a GPU (multiLevelRoIAlignForwardHost) run the same source lines.
 template <typename T>
-__device__ __forceinline__ float load(T const* p, int64_t i);
+__host__ __device__ __forceinline__ float load(T const* p, int64_t i);
 
 template <>
-__device__ __forceinline__ float load<float>(float const* p, int64_t i)
+__host__ __device__ __forceinline__ float load<float>(float const* p, int64_t i)
 {
+#if defined(__CUDA_ARCH__)
     return __ldg(p + i);
+#else
+    return p[i];
+#endif
 }
 
 template <>
-__device__ __forceinline__ float load<__half>(__half const* p, int64_t i)
+__host__ __device__ __forceinline__ float load<__half>(__half const* p, int64_t i)
 {
     return __half2float(p[i]);
 }
 
 template <typename T>
-__device__ __forceinline__ void store(T* p, int64_t i, float v);
+__host__ __device__ __forceinline__ void store(T* p, int64_t i, float v);
 
 template <>
-__device__ __forceinline__ void store<float>(float* p, int64_t i, float v)
+__host__ __device__ __forceinline__ void store<float>(float* p, int64_t i, float v)
 {
     p[i] = v;
 }
 
 template <>
-__device__ __forceinline__ void store<__half>(__half* p, int64_t i, float v)
+__host__ __device__ __forceinline__ void store<__half>(__half* p, int64_t i, float v)
 {
     p[i] = __float2half_rn(v);
 }
 
 // torchvision's bilinear_interpolate: zero outside [-1, size], edge clamping inside.
 template <typename T>
-__device__ float bilinear(T const* plane, int32_t height, int32_t width, float y, float x)
+__host__ __device__ float bilinear(T const* plane, int32_t height, int32_t width, float y, float x)
 {
     if (y < -1.0f || y > static_cast<float>(height) || x < -1.0f || x > static_cast<float>(width))
     {
@@ -115,7 +121,7 @@ __device__ float bilinear(T const* plane, int32_t height, int32_t width, float y
 
 // Level index of a box, as torchvision's LevelMapper computes it (float32, same operation order; the epsilon is
 // added after log2, not inside it). A NaN area (degenerate box) lands on the finest level.
-__device__ __forceinline__ int32_t levelOf(float x1, float y1, float x2, float y2, LevelParams const& lp)
+__host__ __device__ __forceinline__ int32_t levelOf(float x1, float y1, float x2, float y2, LevelParams const& lp)
 {
     float const area = (x2 - x1) * (y2 - y1);
     float const scale = sqrtf(area);
@@ -126,78 +132,107 @@ __device__ __forceinline__ int32_t levelOf(float x1, float y1, float x2, float y
     return static_cast<int32_t>(k) - static_cast<int32_t>(lp.kMin);
 }
 
+struct Shape
+{
+    int32_t batch;
+    int32_t channels;
+    int32_t outH;
+    int32_t outW;
+    int32_t samplingRatio;
+    bool aligned;
+    float roiScaleFactor;
+};
+
+// One output element (roi, channel, ph, pw) = output[index], NCHW.
 template <typename T, typename RoiT>
-__global__ void multiLevelRoIAlignKernel(int64_t total, RoiT const* __restrict__ rois, LevelParams lp,
-    int32_t batch, int32_t channels, int32_t outH, int32_t outW, int32_t samplingRatio, bool aligned,
-    float roiScaleFactor, T* __restrict__ output)
+__host__ __device__ float computeElement(int64_t index, RoiT const* rois, LevelParams const& lp, Shape const& sh)
+{
+    int32_t const outW = sh.outW;
+    int32_t const outH = sh.outH;
+    int32_t const channels = sh.channels;
+    int32_t const batch = sh.batch;
+    int32_t const samplingRatio = sh.samplingRatio;
+    bool const aligned = sh.aligned;
+    float const roiScaleFactor = sh.roiScaleFactor;
+    int32_t const pw = static_cast<int32_t>(index % outW);
+    int32_t const ph = static_cast<int32_t>((index / outW) % outH);
+    int32_t const c = static_cast<int32_t>((index / outW / outH) % channels);
+    int64_t const r = index / outW / outH / channels;
+
+    RoiT const* roi = rois + r * 5;
+    int32_t const b = static_cast<int32_t>(load(roi, 0));
+    float x1 = load(roi, 1);
+    float y1 = load(roi, 2);
+    float x2 = load(roi, 3);
+    float y2 = load(roi, 4);
+    if (roiScaleFactor != 1.0f)
+    {
+        // grow about the centre, as streamseg.ops.roi_align.scale_rois (applied before the level choice)
+        float const cx = (x1 + x2) * 0.5f;
+        float const cy = (y1 + y2) * 0.5f;
+        float const hw = (x2 - x1) * (0.5f * roiScaleFactor);
+        float const hh = (y2 - y1) * (0.5f * roiScaleFactor);
+        x1 = cx - hw;
+        x2 = cx + hw;
+        y1 = cy - hh;
+        y2 = cy + hh;
+    }
+    if (b < 0 || b >= batch)
+    {
+        return 0.0f;  // an invalid batch index reads nothing (torchvision would read out of bounds)
+    }
+    int32_t const level = levelOf(x1, y1, x2, y2, lp);
+    int32_t const height = lp.height[level];
+    int32_t const width = lp.width[level];
+    float const scale = lp.spatialScale[level];
+    T const* plane = static_cast<T const*>(lp.data[level]) + (static_cast<int64_t>(b) * channels + c) * height * width;
+
+    float const offset = aligned ? 0.5f : 0.0f;
+    float const roiStartW = x1 * scale - offset;
+    float const roiStartH = y1 * scale - offset;
+    float const roiEndW = x2 * scale - offset;
+    float const roiEndH = y2 * scale - offset;
+    float roiWidth = roiEndW - roiStartW;
+    float roiHeight = roiEndH - roiStartH;
+    if (!aligned)
+    {
+        roiWidth = fmaxf(roiWidth, 1.0f);
+        roiHeight = fmaxf(roiHeight, 1.0f);
+    }
+    float const binH = roiHeight / static_cast<float>(outH);
+    float const binW = roiWidth / static_cast<float>(outW);
+    int32_t const gridH = samplingRatio > 0 ? samplingRatio : static_cast<int32_t>(ceilf(roiHeight / outH));
+    int32_t const gridW = samplingRatio > 0 ? samplingRatio : static_cast<int32_t>(ceilf(roiWidth / outW));
+    float const count = static_cast<float>(gridH * gridW > 1 ? gridH * gridW : 1);
+
+    float sum = 0.0f;
+    for (int32_t iy = 0; iy < gridH; ++iy)
+    {
+        float const y = roiStartH + ph * binH + static_cast<float>(iy + .5f) * binH / static_cast<float>(gridH);
+        for (int32_t ix = 0; ix < gridW; ++ix)
+        {
+            float const x = roiStartW + pw * binW + static_cast<float>(ix + .5f) * binW / static_cast<float>(gridW);
+            sum += bilinear(plane, height, width, y, x);
+        }
+    }
+    return sum / count;
+}
+
+template <typename T, typename RoiT>
+__global__ void multiLevelRoIAlignKernel(
+    int64_t total, RoiT const* __restrict__ rois, LevelParams lp, Shape sh, T* __restrict__ output)
 {
     for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
          index += static_cast<int64_t>(blockDim.x) * gridDim.x)
     {
-        int32_t const pw = static_cast<int32_t>(index % outW);
-        int32_t const ph = static_cast<int32_t>((index / outW) % outH);
-        int32_t const c = static_cast<int32_t>((index / outW / outH) % channels);
-        int64_t const r = index / outW / outH / channels;
-
-        RoiT const* roi = rois + r * 5;
-        int32_t const b = static_cast<int32_t>(load(roi, 0));
-        float x1 = load(roi, 1);
-        float y1 = load(roi, 2);
-        float x2 = load(roi, 3);
-        float y2 = load(roi, 4);
-        if (roiScaleFactor != 1.0f)
-        {
-            // grow about the centre, as streamseg.ops.roi_align.scale_rois (applied before the level choice)
-            float const cx = (x1 + x2) * 0.5f;
-            float const cy = (y1 + y2) * 0.5f;
-            float const hw = (x2 - x1) * (0.5f * roiScaleFactor);
-            float const hh = (y2 - y1) * (0.5f * roiScaleFactor);
-            x1 = cx - hw;
-            x2 = cx + hw;
-            y1 = cy - hh;
-            y2 = cy + hh;
-        }
-        if (b < 0 || b >= batch)
-        {
-            store(output, index, 0.0f);  // an invalid batch index reads nothing (torchvision would read out of bounds)
-            continue;
-        }
-        int32_t const level = levelOf(x1, y1, x2, y2, lp);
-        int32_t const height = lp.height[level];
-        int32_t const width = lp.width[level];
-        float const scale = lp.spatialScale[level];
-        T const* plane = static_cast<T const*>(lp.data[level]) + (static_cast<int64_t>(b) * channels + c) * height * width;
-
-        float const offset = aligned ? 0.5f : 0.0f;
-        float const roiStartW = x1 * scale - offset;
-        float const roiStartH = y1 * scale - offset;
-        float const roiEndW = x2 * scale - offset;
-        float const roiEndH = y2 * scale - offset;
-        float roiWidth = roiEndW - roiStartW;
-        float roiHeight = roiEndH - roiStartH;
-        if (!aligned)
-        {
-            roiWidth = fmaxf(roiWidth, 1.0f);
-            roiHeight = fmaxf(roiHeight, 1.0f);
-        }
-        float const binH = roiHeight / static_cast<float>(outH);
-        float const binW = roiWidth / static_cast<float>(outW);
-        int32_t const gridH = samplingRatio > 0 ? samplingRatio : static_cast<int32_t>(ceilf(roiHeight / outH));
-        int32_t const gridW = samplingRatio > 0 ? samplingRatio : static_cast<int32_t>(ceilf(roiWidth / outW));
-        float const count = static_cast<float>(max(gridH * gridW, 1));
-
-        float sum = 0.0f;
-        for (int32_t iy = 0; iy < gridH; ++iy)
-        {
-            float const y = roiStartH + ph * binH + static_cast<float>(iy + .5f) * binH / static_cast<float>(gridH);
-            for (int32_t ix = 0; ix < gridW; ++ix)
-            {
-                float const x = roiStartW + pw * binW + static_cast<float>(ix + .5f) * binW / static_cast<float>(gridW);
-                sum += bilinear(plane, height, width, y, x);
-            }
-        }
-        store(output, index, sum / count);
+        store(output, index, computeElement<T, RoiT>(index, rois, lp, sh));
     }
+}
+
+Shape shapeOf(FeatureMaps const& features, MultiLevelRoIAlignAttributes const& a)
+{
+    return Shape{features.batch, features.channels, a.outputHeight, a.outputWidth, a.samplingRatio, a.aligned != 0,
+        a.roiScaleFactor};
 }
 
 template <typename T, typename RoiT>
@@ -207,10 +242,21 @@ cudaError_t launch(int64_t total, void const* rois, LevelParams const& lp, Featu
     constexpr int32_t kThreads = 256;
     int64_t const blocksNeeded = (total + kThreads - 1) / kThreads;
     int32_t const blocks = static_cast<int32_t>(blocksNeeded < 65535 * 8 ? blocksNeeded : 65535 * 8);
-    multiLevelRoIAlignKernel<T, RoiT><<<blocks, kThreads, 0, stream>>>(total, static_cast<RoiT const*>(rois), lp,
-        features.batch, features.channels, a.outputHeight, a.outputWidth, a.samplingRatio, a.aligned != 0,
-        a.roiScaleFactor, static_cast<T*>(output));
+    multiLevelRoIAlignKernel<T, RoiT><<<blocks, kThreads, 0, stream>>>(
+        total, static_cast<RoiT const*>(rois), lp, shapeOf(features, a), static_cast<T*>(output));
     return cudaGetLastError();
+}
+
+template <typename T, typename RoiT>
+cudaError_t runOnHost(int64_t total, void const* rois, LevelParams const& lp, FeatureMaps const& features,
+    MultiLevelRoIAlignAttributes const& a, void* output)
+{
+    Shape const sh = shapeOf(features, a);
+    for (int64_t index = 0; index < total; ++index)
+    {
+        store(static_cast<T*>(output), index, computeElement<T, RoiT>(index, static_cast<RoiT const*>(rois), lp, sh));
+    }
+    return cudaSuccess;
 }
 
 } // namespace
@@ -256,18 +302,10 @@ char const* validateAttributes(MultiLevelRoIAlignAttributes const& a)
     return nullptr;
 }
 
-cudaError_t multiLevelRoIAlignForward(MultiLevelRoIAlignAttributes const& a, int64_t numRois, void const* rois,
-    ElementType roiType, FeatureMaps const& features, ElementType featureType, void* output, cudaStream_t stream)
+namespace
 {
-    int64_t const total = numRois * features.channels * a.outputHeight * a.outputWidth;
-    if (total <= 0)
-    {
-        return cudaSuccess;  // zero RoIs (or channels): nothing to write, nothing to launch
-    }
-    if (validateAttributes(a) != nullptr)
-    {
-        return cudaErrorInvalidValue;
-    }
+LevelParams levelParams(MultiLevelRoIAlignAttributes const& a, FeatureMaps const& features)
+{
     LevelParams lp{};
     for (int32_t l = 0; l < a.numLevels; ++l)
     {
@@ -281,20 +319,52 @@ cudaError_t multiLevelRoIAlignForward(MultiLevelRoIAlignAttributes const& a, int
     lp.kMin = static_cast<float>(kMin);
     lp.k0 = static_cast<float>(kMin + 2.0);
     lp.s0 = static_cast<float>(4.0 * a.finestScale);
+    return lp;
+}
 
+template <bool kOnHost>
+cudaError_t forward(MultiLevelRoIAlignAttributes const& a, int64_t numRois, void const* rois, ElementType roiType,
+    FeatureMaps const& features, ElementType featureType, void* output, cudaStream_t stream)
+{
+    int64_t const total = numRois * features.channels * a.outputHeight * a.outputWidth;
+    if (total <= 0)
+    {
+        return cudaSuccess;  // zero RoIs (or channels): nothing to write, nothing to launch
+    }
+    if (validateAttributes(a) != nullptr)
+    {
+        return cudaErrorInvalidValue;
+    }
+    LevelParams const lp = levelParams(a, features);
     if (featureType == ElementType::kFloat32 && roiType == ElementType::kFloat32)
     {
-        return launch<float, float>(total, rois, lp, features, a, output, stream);
+        return kOnHost ? runOnHost<float, float>(total, rois, lp, features, a, output)
+                       : launch<float, float>(total, rois, lp, features, a, output, stream);
     }
     if (featureType == ElementType::kFloat16 && roiType == ElementType::kFloat16)
     {
-        return launch<__half, __half>(total, rois, lp, features, a, output, stream);
+        return kOnHost ? runOnHost<__half, __half>(total, rois, lp, features, a, output)
+                       : launch<__half, __half>(total, rois, lp, features, a, output, stream);
     }
     if (featureType == ElementType::kFloat16 && roiType == ElementType::kFloat32)
     {
-        return launch<__half, float>(total, rois, lp, features, a, output, stream);
+        return kOnHost ? runOnHost<__half, float>(total, rois, lp, features, a, output)
+                       : launch<__half, float>(total, rois, lp, features, a, output, stream);
     }
     return cudaErrorInvalidValue;  // float16 rois with float32 features: not a combination the plugin offers
+}
+} // namespace
+
+cudaError_t multiLevelRoIAlignForward(MultiLevelRoIAlignAttributes const& a, int64_t numRois, void const* rois,
+    ElementType roiType, FeatureMaps const& features, ElementType featureType, void* output, cudaStream_t stream)
+{
+    return forward<false>(a, numRois, rois, roiType, features, featureType, output, stream);
+}
+
+cudaError_t multiLevelRoIAlignForwardHost(MultiLevelRoIAlignAttributes const& a, int64_t numRois, void const* rois,
+    ElementType roiType, FeatureMaps const& features, ElementType featureType, void* output)
+{
+    return forward<true>(a, numRois, rois, roiType, features, featureType, output, nullptr);
 }
 
 } // namespace streamseg

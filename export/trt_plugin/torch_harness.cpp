@@ -1,4 +1,6 @@
 // PyTorch binding of the plugin's kernel, for testing and benchmarking it without TensorRT.
+// multi_level_roi_align runs the CUDA kernel; multi_level_roi_align_host runs the same __host__ __device__
+// per-element code in a CPU loop, so the arithmetic is tested even where no GPU exists.
 //
 // Compiled together with multi_level_roi_align_kernel.cu (the very file the TensorRT plugin links), so what the
 // GPU parity test checks is the kernel that ships. Built on demand by streamseg/export/trt_kernel.py through
@@ -26,7 +28,7 @@ streamseg::ElementType elementType(torch::Tensor const& t, char const* what)
     TORCH_CHECK(false, what, ": expected float32 or float16, got ", t.scalar_type());
 }
 
-torch::Tensor multiLevelRoIAlign(torch::Tensor rois, std::vector<torch::Tensor> features, int64_t outputHeight,
+torch::Tensor run(bool onDevice, torch::Tensor rois, std::vector<torch::Tensor> features, int64_t outputHeight,
     int64_t outputWidth, int64_t samplingRatio, int64_t poolMode, int64_t aligned, std::vector<double> featmapStrides,
     int64_t finestScale, double roiScaleFactor)
 {
@@ -34,7 +36,8 @@ torch::Tensor multiLevelRoIAlign(torch::Tensor rois, std::vector<torch::Tensor> 
         features.size());
     TORCH_CHECK(featmapStrides.size() == features.size(), "featmap_strides: ", featmapStrides.size(),
         " strides for ", features.size(), " feature maps");
-    TORCH_CHECK(rois.is_cuda() && rois.dim() == 2 && rois.size(1) == 5, "rois: expected a CUDA tensor [R, 5]");
+    TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "rois: expected [R, 5]");
+    TORCH_CHECK(rois.is_cuda() == onDevice, onDevice ? "rois: expected a CUDA tensor" : "rois: expected a CPU tensor");
     streamseg::MultiLevelRoIAlignAttributes a;
     a.outputHeight = static_cast<int32_t>(outputHeight);
     a.outputWidth = static_cast<int32_t>(outputWidth);
@@ -51,7 +54,6 @@ torch::Tensor multiLevelRoIAlign(torch::Tensor rois, std::vector<torch::Tensor> 
     char const* problem = streamseg::validateAttributes(a);
     TORCH_CHECK(problem == nullptr, problem == nullptr ? "" : problem);
 
-    c10::cuda::CUDAGuard guard(rois.device());
     auto const featureType = elementType(features[0], "features");
     auto const roiType = elementType(rois, "rois");
     TORCH_CHECK(!(roiType == streamseg::ElementType::kFloat16 && featureType == streamseg::ElementType::kFloat32),
@@ -61,8 +63,8 @@ torch::Tensor multiLevelRoIAlign(torch::Tensor rois, std::vector<torch::Tensor> 
     for (size_t l = 0; l < features.size(); ++l)
     {
         auto const& f = features[l];
-        TORCH_CHECK(f.is_cuda() && f.device() == rois.device() && f.dim() == 4, "feature map ", l,
-            ": expected a 4-D CUDA tensor on the rois' device");
+        TORCH_CHECK(f.device() == rois.device() && f.dim() == 4, "feature map ", l,
+            ": expected a 4-D tensor on the rois' device");
         TORCH_CHECK(f.scalar_type() == features[0].scalar_type(), "feature maps must share one dtype");
         TORCH_CHECK(f.size(0) == features[0].size(0) && f.size(1) == features[0].size(1),
             "feature maps must share N and C");
@@ -75,19 +77,49 @@ torch::Tensor multiLevelRoIAlign(torch::Tensor rois, std::vector<torch::Tensor> 
     maps.channels = static_cast<int32_t>(features[0].size(1));
     auto roisContiguous = rois.contiguous();
     auto output = torch::empty({rois.size(0), features[0].size(1), outputHeight, outputWidth}, features[0].options());
-    cudaError_t const status = streamseg::multiLevelRoIAlignForward(a, rois.size(0), roisContiguous.data_ptr(),
-        roiType, maps, featureType, output.data_ptr(), c10::cuda::getCurrentCUDAStream().stream());
+    cudaError_t status;
+    if (onDevice)
+    {
+        c10::cuda::CUDAGuard guard(rois.device());
+        status = streamseg::multiLevelRoIAlignForward(a, rois.size(0), roisContiguous.data_ptr(), roiType, maps,
+            featureType, output.data_ptr(), c10::cuda::getCurrentCUDAStream().stream());
+    }
+    else
+    {
+        status = streamseg::multiLevelRoIAlignForwardHost(
+            a, rois.size(0), roisContiguous.data_ptr(), roiType, maps, featureType, output.data_ptr());
+    }
     TORCH_CHECK(status == cudaSuccess, "multi-level RoIAlign kernel: ", cudaGetErrorString(status));
     return output;
+}
+
+torch::Tensor onDevice(torch::Tensor rois, std::vector<torch::Tensor> features, int64_t outputHeight,
+    int64_t outputWidth, int64_t samplingRatio, int64_t poolMode, int64_t aligned, std::vector<double> featmapStrides,
+    int64_t finestScale, double roiScaleFactor)
+{
+    return run(true, rois, features, outputHeight, outputWidth, samplingRatio, poolMode, aligned, featmapStrides,
+        finestScale, roiScaleFactor);
+}
+
+torch::Tensor onHost(torch::Tensor rois, std::vector<torch::Tensor> features, int64_t outputHeight,
+    int64_t outputWidth, int64_t samplingRatio, int64_t poolMode, int64_t aligned, std::vector<double> featmapStrides,
+    int64_t finestScale, double roiScaleFactor)
+{
+    return run(false, rois, features, outputHeight, outputWidth, samplingRatio, poolMode, aligned, featmapStrides,
+        finestScale, roiScaleFactor);
 }
 
 } // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
 {
-    m.def("multi_level_roi_align", &multiLevelRoIAlign, "Multi-level RoIAlign (the TensorRT plugin's kernel)",
-        pybind11::arg("rois"), pybind11::arg("features"), pybind11::arg("output_height"),
-        pybind11::arg("output_width"), pybind11::arg("sampling_ratio"), pybind11::arg("pool_mode"),
-        pybind11::arg("aligned"), pybind11::arg("featmap_strides"), pybind11::arg("finest_scale"),
-        pybind11::arg("roi_scale_factor"));
+    auto const args = [](auto& module, char const* name, auto fn, char const* doc) {
+        module.def(name, fn, doc, pybind11::arg("rois"), pybind11::arg("features"), pybind11::arg("output_height"),
+            pybind11::arg("output_width"), pybind11::arg("sampling_ratio"), pybind11::arg("pool_mode"),
+            pybind11::arg("aligned"), pybind11::arg("featmap_strides"), pybind11::arg("finest_scale"),
+            pybind11::arg("roi_scale_factor"));
+    };
+    args(m, "multi_level_roi_align", &onDevice, "Multi-level RoIAlign: the TensorRT plugin's CUDA kernel (CUDA tensors)");
+    args(m, "multi_level_roi_align_host", &onHost,
+        "The kernel's per-element code run in a CPU loop (CPU tensors): tests its arithmetic without a GPU");
 }

@@ -87,8 +87,9 @@ def tensorrt_version(trt) -> tuple[int, int]:
 
 
 def weakly_typed(trt) -> bool:
-    """TensorRT 10 builds with precision flags; 11 removed them (networks are strongly typed)."""
-    return hasattr(trt.BuilderFlag, "FP16")
+    """TensorRT 10 builds with precision flags and implicit int8 calibration; 11 removed both (networks are always
+    strongly typed). Decided by the major version, not by the enum alone: 11 keeps some retired names as no-ops."""
+    return tensorrt_version(trt) < (11, 0) and hasattr(trt.BuilderFlag, "FP16")
 
 
 def require_cuda_gpu():
