@@ -43,7 +43,9 @@ def make_clip(path: Path, seconds: float, width: int = 320, height: int = 240, f
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "g": str(fps), "bf": "0", "crf": "32"}
+        # one slice per picture: with x264's sliced threads, FFmpeg's RTSP client splits the first picture's
+        # slices into two packets (the first one carries no pts) and decodes the first GOP as garbage
+        stream.options = {"preset": "ultrafast", "g": str(fps), "bf": "0", "crf": "32", "threads": "1"}
         base = np.zeros((height, width, 3), np.uint8)
         base[..., 2] = 90
         for i in range(int(seconds * fps)):
@@ -75,14 +77,15 @@ class RtspServer:
         return f"rtsp://{auth}127.0.0.1:{self.port}{mount}"
 
     def start(self, timeout: float = 20.0) -> "RtspServer":
-        command = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port)]
+        command = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port), "--parent-pipe"]
         for mount, path in self.mounts.items():
             command += ["--mount", mount, "--file", str(path)]
         if self.user:
             command += ["--user", self.user, "--password", self.password]
         deadline = time.monotonic() + timeout
         while True:  # the port may still be held for a moment by the previous process
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
             line = self.process.stdout.readline()
             if line.startswith("READY"):
                 return self
@@ -96,8 +99,8 @@ class RtspServer:
             self.process.kill()
             self.process.wait()
         if self.process is not None:
-            self.process.stdout.close()
-            self.process.stderr.close()
+            for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+                pipe.close()
         self.process = None
 
     def __enter__(self) -> "RtspServer":

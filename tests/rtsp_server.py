@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--file", action="append", required=True, help="H.264 mp4 for the mount of the same rank")
     parser.add_argument("--user")
     parser.add_argument("--password")
+    parser.add_argument("--parent-pipe", action="store_true", help="quit when stdin closes (the parent died)")
     args = parser.parse_args()
     if len(args.mount) != len(args.file):
         parser.error("give one --file per --mount")
@@ -59,6 +60,10 @@ def main() -> int:
     loop = GLib.MainLoop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
+    if args.parent_pipe:
+        # stdin is a pipe from the parent: when the parent dies, the pipe closes and the server goes too
+        GLib.io_add_watch(GLib.IOChannel.unix_new(sys.stdin.fileno()), GLib.PRIORITY_DEFAULT,
+                          GLib.IOCondition.HUP | GLib.IOCondition.IN, lambda *_: loop.quit() or False)
     print(f"READY rtsp://127.0.0.1:{args.port}{args.mount[0]}", flush=True)
     loop.run()
     return 0

@@ -397,3 +397,87 @@ def test_cli_live_run_ctrl_c_finalizes_outputs(clips, tmp_path):
     records = (tmp_path / "cam.detections.jsonl").read_text().splitlines()
     assert written == len(records) > 30
     assert PASSWORD not in out + err and "viewer" not in out + err
+
+
+class BlockDetector(NoDetections):
+    """A real (if simple) detector for the test clips: the yellow block, found by its colour, as a "person"."""
+
+    class_names = ("__background__", "person")
+
+    def predict(self, frames):
+        import numpy as np
+
+        from streamseg.types import Detections, InstanceMasks
+
+        found = []
+        for frame in frames:
+            image = frame.image
+            mask = (image[..., 0] > 170) & (image[..., 1] > 140) & (image[..., 2] < 120)
+            ys, xs = np.nonzero(mask)
+            if len(xs) < 100:
+                found.append(Detections.empty(self.class_names, (frame.height, frame.width)))
+                continue
+            box = [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]
+            found.append(Detections(box, [0.95], [1], self.class_names, InstanceMasks.from_dense(mask[None])))
+        return found
+
+
+@needs_server
+def test_events_make_clips_and_count_in_metrics(clips, tmp_path):
+    config = build_config({
+        "output_dir": str(tmp_path), "backend": "none", "sinks": {"video": False},
+        "tracker": {"min_hits": 2},
+        "events": {"units": "relative", "zones": [{"name": "right", "polygon": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]],
+                                                     "classes": ["person"]}]},
+        "live": {"clips": True, "clip_pre": 1.0, "clip_post": 0.5, "metrics_port": 0},
+    })
+    with RtspServer({"/cam": clips["qvga"]}) as server:
+        runner = LiveRunner(config, BlockDetector())
+        thread, box = run_in_thread(runner, [server.url("/cam")])
+        try:
+            assert runner.ready.wait(30), box
+            events_file = tmp_path / "cam.events.jsonl"
+            # the block crosses into the right half about every 2.8 s; a clip needs its 0.5 s after the event
+            wait_for(lambda: events_file.exists() and len(events_file.read_text().splitlines()) >= 2, 30, "events")
+            time.sleep(1.0)
+            metrics = urllib.request.urlopen(runner.metrics_server.url + "/metrics", timeout=5).read().decode()
+        finally:
+            runner.stop()
+            thread.join(30)
+    assert "error" not in box, box.get("error")
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
+    assert {e["kind"] for e in events} <= {"enter", "exit"} and events[0]["region"] == "right"
+    clip_files = sorted((tmp_path / "cam" / "clips").glob("*.mp4"))
+    assert len(clip_files) >= 2 and all("right" in p.name for p in clip_files)
+    # the first event may come before a whole second was received; the second one has its full pre-event buffer
+    with av.open(str(clip_files[1])) as container:
+        count = sum(1 for _ in container.decode(video=0))
+    assert 25 * 1.5 - 3 <= count <= 25 * 2.5 + 3, count  # keyframe before (event - 1 s) .. event + 0.5 s
+    assert f'streamseg_events_total{{kind="{events[0]["kind"]}",stream="cam"}}' in metrics
+
+
+@needs_server
+def test_stream_given_up_after_max_attempts_ends_alone(clips, tmp_path):
+    a = RtspServer({"/cam_a": clips["qvga"]}).start()
+    b = RtspServer({"/cam_b": clips["qvga"]}).start()
+    runner = LiveRunner(live_config(tmp_path, max_attempts=2), NoDetections(ModelOptions()))
+    thread, box = run_in_thread(runner, [a.url("/cam_a"), b.url("/cam_b")])
+    try:
+        assert runner.ready.wait(30), box
+        streams = runner._streams
+        wait_for(lambda: streams["cam_a"].processed > 10, 20, "frames")
+        a.kill()
+        wait_for(lambda: streams["cam_a"].source.finished, 20, "cam_a given up")
+        b_before = streams["cam_b"].processed
+        time.sleep(1.0)
+        assert streams["cam_b"].processed > b_before + 10  # the other camera goes on
+    finally:
+        runner.stop()
+        thread.join(30)
+        a.kill()
+        b.kill()
+    run = box["run"]
+    failed = run.streams["cam_a"].failed
+    assert failed and "2 reconnect attempts failed" in failed and "\n" not in failed
+    assert run.streams["cam_b"].failed is None
+    assert [s.kind for s in run.streams["cam_a"].statuses] == ["stream_up", "stream_down", "stream_failed"]
