@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
@@ -335,6 +336,38 @@ def test_portable_export_is_refused(tmp_path):
     path = export_onnx(tmp_path / "portable.onnx", flavour="portable")
     with pytest.raises(trt_build.ConfigError, match="--roi-align fused"):
         trt_build.load_fused_onnx(path)
+
+
+def test_calibration_batch_is_preprocessed_video_frames(fused_onnx):
+    """int8 calibration input: frames spread over a real clip, resized, normalized and padded as the backends do."""
+    from streamseg.export.check import default_sources
+    from streamseg.sources import open_source
+
+    _, meta = trt_build.load_fused_onnx(fused_onnx)
+    clip = default_sources()[0]
+    batch = trt_build.calibration_batch(clip, meta, frames=3)
+    assert batch.dtype == np.float32 and batch.shape[:2] == (3, 3)
+    with open_source(clip) as source:
+        frame = next(iter(source))
+    expected = trt_build.default_input_sizes(meta)[1] if (frame.height, frame.width) == (720, 1280) else None
+    h, w = batch.shape[-2:]
+    assert h % 32 == 0 and w % 32 == 0 and min(h, w) >= 0.9 * meta["size"]["min_size"] // 32 * 32
+    if expected is not None:
+        assert (h, w) == expected
+    mean = np.array(meta["normalization"]["mean"], np.float32)[:, None, None]
+    std = np.array(meta["normalization"]["std"], np.float32)[:, None, None]
+    pixels = batch[0] * std + mean  # undo the normalization of the unpadded area: back to [0, 1] RGB
+    assert -1e-4 <= pixels[:, :8, :8].min() and pixels[:, :8, :8].max() <= 1 + 1e-4
+    assert not np.allclose(batch[0], batch[1])  # different frames
+
+
+def test_plugin_library_lookup_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(trt_build.PLUGIN_ENV, str(tmp_path / "missing.so"))
+    with pytest.raises(trt_build.TensorRTError, match="cmake -S export/trt_plugin"):
+        trt_build.find_plugin_library()
+    library = tmp_path / "libstreamseg_trt_plugin.so"
+    library.write_bytes(b"")
+    assert trt_build.find_plugin_library(library) == library.resolve()
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: the missing-TensorRT errors cannot occur")
