@@ -43,8 +43,8 @@ def make_clip(path: Path, seconds: float, width: int = 320, height: int = 240, f
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # one slice per picture: with x264's sliced threads, FFmpeg's RTSP client splits the first picture's
-        # slices into two packets (the first one carries no pts) and decodes the first GOP as garbage
+        # one slice per picture: GStreamer's rtph264pay (config-interval=-1) repeats SPS/PPS before every IDR
+        # slice, so FFmpeg would split a multi-slice keyframe into two pictures and decode each GOP as garbage
         stream.options = {"preset": "ultrafast", "g": str(fps), "bf": "0", "crf": "32", "threads": "1"}
         base = np.zeros((height, width, 3), np.uint8)
         base[..., 2] = 90

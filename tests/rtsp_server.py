@@ -39,7 +39,7 @@ def main() -> int:
     for mount, path in zip(args.mount, args.file):
         factory = GstRtspServer.RTSPMediaFactory()
         location = path.replace("\\", "\\\\").replace('"', '\\"')
-        factory.set_launch(f'( filesrc location="{location}" ! qtdemux ! h264parse config-interval=-1 '
+        factory.set_launch(f'( filesrc location="{location}" ! qtdemux ! h264parse '
                            f'! rtph264pay name=pay0 pt=96 config-interval=-1 )')
         factory.set_shared(False)
         if args.user:
