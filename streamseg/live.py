@@ -11,7 +11,8 @@ graph is ``detect -> analyze -> write``:
 - ``write`` routes to the stream's own sinks and records the capture-to-result latency; a failing sink disables
   that stream's outputs, not the run.
 
-Outputs per stream ``<id>`` under ``output_dir``: ``<id>.mp4`` (annotated), ``<id>.detections.jsonl``,
+Outputs per stream ``<id>`` under ``output_dir``: ``<id>/annotated/*.mp4`` (the annotated video in files of
+``segment_minutes``, default 10), ``<id>.detections.jsonl``,
 ``<id>.events.jsonl`` and ``<id>.zone_counts.csv`` (with events), ``<id>.streams.jsonl`` (``stream_up`` /
 ``stream_down`` / ``stream_failed``, schema ``streamseg.stream_events/1``), ``<id>/segments/*.mp4`` (rolling
 recording) and ``<id>/clips/*.mp4`` (event clips). Trackers keep no history here (tracks file and summary are off):
@@ -40,7 +41,7 @@ from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.graph.exporter import LiveMetrics, MetricsServer, StreamSample
 from streamseg.models import Backend, build_backend
 from streamseg.pipeline import _overlays, _vocabulary
-from streamseg.redact import RedactingFilter, redact
+from streamseg.redact import RedactingFilter, redact, secrets_of
 from streamseg.sinks import Annotator, DetectionsJsonlSink, EventsJsonlSink, VideoSink, ZoneCountsCsvSink
 from streamseg.sinks.recording import EventClipper, SegmentRecorder
 from streamseg.sources import LiveSource, Reconnect, StreamStatus, live_source_id
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 event_log = logging.getLogger("streamseg.events")
 
 RECORDING_TIME_BASE = Fraction(1, 90000)
+DEFAULT_ANNOTATED_MINUTES = 10.0
+"""Length of each annotated-video file when ``live.segment_minutes`` is not set."""
 
 
 @dataclass
@@ -131,7 +134,7 @@ class LiveRunner:
         cfg = self.config
         out_dir = Path(cfg.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        secrets = tuple(s for uri in uris for s in LiveSource(uri).secrets)
+        secrets = tuple(s for uri in uris for s in secrets_of(uri))
         self._stopping.clear()
         wakeup = threading.Event()
         with ExitStack() as stack, _redacted_logs(secrets):
@@ -228,11 +231,14 @@ class LiveRunner:
             stream.engine = EventEngine.from_config(cfg.events, width, height)
         sid = stream.source_id
         if cfg.sinks.video:
-            stream.outputs["video"] = out_dir / f"{sid}.mp4"
-            sink = stack.enter_context(VideoSink(stream.outputs["video"], info, codec=cfg.sinks.codec,
-                                                 preset=cfg.sinks.preset, crf=cfg.sinks.crf,
-                                                 annotator=Annotator(overlays=_overlays(stream.engine))))
-            stream.sinks.append(_MonotonicTimes(sink))
+            minutes = cfg.live.segment_minutes or DEFAULT_ANNOTATED_MINUTES
+            stream.outputs["video"] = out_dir / sid / "annotated"
+            sink = stack.enter_context(_RollingVideo(
+                stream.outputs["video"], sid, info, minutes * 60,
+                lambda path, engine=stream.engine: VideoSink(path, info, codec=cfg.sinks.codec,
+                                                             preset=cfg.sinks.preset, crf=cfg.sinks.crf,
+                                                             annotator=Annotator(overlays=_overlays(engine)))))
+            stream.sinks.append(sink)
         if cfg.sinks.detections:
             stream.outputs["detections"] = out_dir / f"{sid}.detections.jsonl"
             stream.sinks.append(stack.enter_context(DetectionsJsonlSink(stream.outputs["detections"], info)))
@@ -359,17 +365,46 @@ class LiveRunner:
         return [(s.name, s.queue_depth, s.dropped) for s in pipeline.metrics()]
 
 
-class _MonotonicTimes:
-    """Hands a sink frames whose pts come from ``Frame.time`` (1/90000 s): a camera's pts restart at every
-    reconnect, while a recording needs times that keep increasing."""
+class _RollingVideo:
+    """The annotated video of an endless stream as MP4 files of ``seconds`` of stream time each
+    (``<folder>/<id>-<UTC time>.mp4``), and a new file when the picture size changes: one growing MP4 would keep
+    its whole index in memory and be unplayable until closed.
 
-    def __init__(self, sink):
-        self.sink = sink
+    Frames go to the :class:`VideoSink` with pts taken from ``Frame.time`` (1/90000 s): a camera's pts restart at
+    every reconnect, while a video needs times that keep increasing.
+    """
+
+    def __init__(self, folder: Path, source_id: str, info, seconds: float, make_sink: Callable[[Path], VideoSink]):
+        self.folder, self.source_id, self.seconds, self.make_sink = Path(folder), source_id, seconds, make_sink
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files: list[Path] = []
+        self._sink: VideoSink | None = None
+        self._start: float = 0.0
+        self._size: tuple[int, int] | None = None
 
     def write(self, result: FrameResult) -> None:
         frame = result.frame
+        size = (frame.width, frame.height)
+        if self._sink is not None and (frame.time - self._start >= self.seconds or size != self._size):
+            self.close()
+        if self._sink is None:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(frame.capture_time))
+            path = self.folder / f"{self.source_id}-{stamp}.mp4"
+            self._sink, self._start, self._size = self.make_sink(path), frame.time, size
+            self.files.append(path)
         timed = replace(frame, pts=round(frame.time / RECORDING_TIME_BASE), time_base=RECORDING_TIME_BASE)
-        self.sink.write(replace(result, frame=timed))
+        self._sink.write(replace(result, frame=timed))
+
+    def close(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.close()
+
+    def __enter__(self) -> "_RollingVideo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _sample(source: LiveSource) -> StreamSample:

@@ -108,7 +108,7 @@ def test_live_inputs_and_ids():
     assert Reconnect(initial=1, maximum=8, jitter=0).delay(10, __import__("random").Random(0)) == 8
 
 
-# -- a real RTSP server -------------------------------------------------------------------------------------------------
+# -- a real RTSP server ----------------------------------------------------------------------------------------------
 
 @needs_server
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
@@ -397,7 +397,9 @@ def test_cli_live_run_ctrl_c_finalizes_outputs(clips, tmp_path):
         out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "metrics: http://127.0.0.1:" in err
-    with av.open(str(tmp_path / "cam.mp4")) as container:
+    videos = sorted((tmp_path / "cam" / "annotated").glob("cam-*.mp4"))
+    assert len(videos) == 1
+    with av.open(str(videos[0])) as container:
         written = sum(1 for _ in container.decode(video=0))
     records = (tmp_path / "cam.detections.jsonl").read_text().splitlines()
     assert written == len(records) > 30

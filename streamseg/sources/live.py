@@ -83,9 +83,9 @@ class Reconnect:
 
 @dataclass(frozen=True)
 class StreamStatus:
-    """A change of a live stream's state: ``stream_down`` (it failed; the reason is redacted) or ``stream_up``
+    """A change of a live stream's state: ``stream_down`` (it failed; the reason is redacted), ``stream_up``
     (frames flow again after a (re)connect; ``width``/``height`` are the new picture size, ``resized`` says whether
-    it differs from before)."""
+    it differs from before) or ``stream_failed`` (``max_attempts`` reconnects in a row failed: given up)."""
 
     kind: str
     source_id: str
@@ -244,6 +244,7 @@ class LiveSource(Source):
         """Whether frames are flowing now."""
         self.decode_errors = 0
         self.last_frame_wall: float | None = None
+        self._last_attempts = 0
 
     # -- counters read by metrics, from any thread ------------------------------------------------------------------
 
@@ -459,8 +460,6 @@ class LiveSource(Source):
                 return None
             self._last_attempts = attempt
             return container
-
-    _last_attempts = 0
 
     def _close_container(self) -> None:
         with self._lock:
