@@ -144,7 +144,7 @@ def _fused_symbolic(g, rois, features, output_height, output_width, sampling_rat
     from torch.onnx import symbolic_helper as sh
 
     maps = sh._unpack_list(features)
-    return g.op(
+    out = g.op(
         f"{DOMAIN}::{OP_TYPE}", rois, *maps,
         output_height_i=sh._get_const(output_height, "i", "output_height"),
         output_width_i=sh._get_const(output_width, "i", "output_width"),
@@ -155,6 +155,10 @@ def _fused_symbolic(g, rois, features, output_height, output_width, sampling_rat
         finest_scale_i=sh._get_const(finest_scale, "i", "finest_scale"),
         roi_scale_factor_f=sh._get_const(roi_scale_factor, "f", "roi_scale_factor"),
     )
+    size = sh._get_const(output_height, "i", "output_height")
+    channels = sh._get_tensor_dim_size(maps[0], 1)
+    out.setType(maps[0].type().with_sizes([None, channels, size, size]))  # [R, C, oh, ow] for shape inference
+    return out
 
 
 def _register_symbolic(opset: int) -> None:
