@@ -43,7 +43,7 @@ from streamseg.models import Backend, build_backend
 from streamseg.pipeline import _overlays, _vocabulary
 from streamseg.redact import RedactingFilter, redact, secrets_of
 from streamseg.sinks import Annotator, DetectionsJsonlSink, EventsJsonlSink, VideoSink, ZoneCountsCsvSink
-from streamseg.sinks.recording import EventClipper, SegmentRecorder
+from streamseg.sinks.recording import EventClipper, SegmentRecorder, utc_stamp
 from streamseg.sources import LiveSource, Reconnect, StreamStatus, live_source_id
 from streamseg.tracking import Tracker
 from streamseg.types import Frame, FrameResult
@@ -388,8 +388,9 @@ class _RollingVideo:
         if self._sink is not None and (frame.time - self._start >= self.seconds or size != self._size):
             self.close()
         if self._sink is None:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(frame.capture_time))
-            path = self.folder / f"{self.source_id}-{stamp}.mp4"
+            path = self.folder / f"{self.source_id}-{utc_stamp(frame.capture_time)}.mp4"
+            if path in self.files:
+                path = path.with_name(f"{path.stem}-{len(self.files)}.mp4")
             self._sink, self._start, self._size = self.make_sink(path), frame.time, size
             self.files.append(path)
         timed = replace(frame, pts=round(frame.time / RECORDING_TIME_BASE), time_base=RECORDING_TIME_BASE)

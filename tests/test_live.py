@@ -488,3 +488,39 @@ def test_stream_given_up_after_max_attempts_ends_alone(clips, tmp_path):
     assert failed and "2 reconnect attempts failed" in failed and "\n" not in failed
     assert run.streams["cam_b"].failed is None
     assert [s.kind for s in run.streams["cam_a"].statuses] == ["stream_up", "stream_down", "stream_failed"]
+
+
+@needs_server
+def test_runner_survives_a_reconnect_at_a_new_resolution(clips, tmp_path):
+    config = build_config({
+        "output_dir": str(tmp_path), "backend": "none", "tracker": {"min_hits": 2},
+        "events": {"units": "relative", "zones": [{"name": "right", "polygon": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]]}]},
+        "live": {"read_timeout": 2.0, "reconnect_initial": 0.2, "reconnect_max": 1.0},
+    })
+    sizes = []
+    server = RtspServer({"/cam": clips["qvga"]}).start()
+    runner = LiveRunner(config, BlockDetector(),
+                        on_result=lambda result, _: sizes.append((result.frame.width, len(result.detections))))
+    thread, box = run_in_thread(runner, [server.url("/cam")])
+    try:
+        assert runner.ready.wait(30), box
+        wait_for(lambda: len(sizes) > 40, 20, "frames")
+        server.kill()
+        server.mounts = {"/cam": clips["small"]}
+        server.start()
+        wait_for(lambda: sum(w == 256 for w, _ in sizes) > 60, 30, "frames at the new size")
+    finally:
+        runner.stop()
+        thread.join(30)
+        server.kill()
+    assert "error" not in box, box.get("error")
+    assert [s.kind for s in box["run"].streams["cam"].statuses] == ["stream_up", "stream_down", "stream_up"]
+    assert any(n for w, n in sizes if w == 256)  # the tracker confirms tracks again at the new size
+    videos = sorted((tmp_path / "cam" / "annotated").glob("*.mp4"), key=lambda p: p.stat().st_mtime)
+    shapes = []
+    for path in videos:
+        with av.open(str(path)) as container:
+            shapes.append(next(container.decode(video=0)).to_ndarray(format="rgb24").shape)
+    assert shapes == [(240, 320, 3), (144, 256, 3)]
+    widths = {json.loads(line)["width"] for line in (tmp_path / "cam.detections.jsonl").read_text().splitlines()}
+    assert widths == {320, 256}

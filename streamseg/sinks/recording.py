@@ -90,7 +90,8 @@ class _Mp4:
                 self.path.unlink(missing_ok=True)
 
 
-def _stamp(wall: float) -> str:
+def utc_stamp(wall: float) -> str:
+    """``YYYYmmddTHHMMSSmmmZ``: a file-name-safe UTC time with milliseconds."""
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(wall)) + f"{wall % 1:.3f}"[1:].replace(".", "") + "Z"
 
 
@@ -132,7 +133,7 @@ class SegmentRecorder:
             if current is None:
                 if not p.keyframe:
                     return  # a segment must start at a keyframe to play on its own
-                self._current = current = _Mp4(self.folder / f"{self.source_id}-{_stamp(p.wall)}.mp4",
+                self._current = current = _Mp4(self.folder / f"{self.source_id}-{utc_stamp(p.wall)}.mp4",
                                                self._template)
             current.add(p)
 
@@ -247,7 +248,7 @@ class EventClipper:
         if first is None:
             return
         chosen = [p for p in packets[first:] if p.wall <= clip.end]
-        path = self.folder / f"{self.source_id}-{_stamp(clip.event_wall)}-{clip.name}.mp4"
+        path = self.folder / f"{self.source_id}-{utc_stamp(clip.event_wall)}-{clip.name}.mp4"
         mp4 = _Mp4(path, self._template)
         try:
             for p in chosen:
