@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamseg", description="Video instance segmentation pipeline.")
     parser.add_argument("--version", action="version", version=f"streamseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="json: one JSON object per log line (structured fields for live-stream events)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="segment videos or image folders into annotated video + detections")
@@ -287,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_format == "json":
+        from streamseg.logs import use_json_logs
+
+        use_json_logs()
     command = {"run": cmd_run, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo, "track": cmd_track,
                "export": lambda a: a.handler(a)}[args.command]
     try:

@@ -189,11 +189,14 @@ def test_camera_that_never_answers_fails_after_the_configured_attempts():
 @needs_server
 def test_cli_unreachable_camera_one_line_error_without_credentials(tmp_path):
     url = f"rtsp://admin:{PASSWORD}@127.0.0.1:{free_port()}/cam"
-    done = subprocess.run([sys.executable, "-m", "streamseg.cli", "run", url, "-o", str(tmp_path), "--backend",
-                           "none"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    done = subprocess.run([sys.executable, "-m", "streamseg.cli", "--log-format", "json", "run", url, "-o",
+                           str(tmp_path), "--backend", "none"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("streamseg: error:")]
     assert len(errors) == 1 and "cannot connect after 3 attempts" in errors[0], done.stderr
+    logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]  # structured logs
+    failed = [entry for entry in logs if entry.get("event") == "stream_connect_failed"]
+    assert len(failed) == 2 and failed[0]["source"] == "cam" and failed[0]["attempt"] == "1"
     everything = done.stdout + done.stderr + "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
     assert PASSWORD not in everything and "admin" not in everything
 
