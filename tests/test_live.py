@@ -562,7 +562,7 @@ def test_hls_over_http_is_the_same_source_kind(clips, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-    assert len(frames) == 50 and frames[0].image.shape == (240, 320, 3)
+    assert 10 <= len(frames) <= 50 and frames[0].image.shape == (240, 320, 3)
     indices = [f.index for f in frames]
     assert all(b > a for a, b in zip(indices, indices[1:]))  # a VOD playlist is read as fast as it comes: the
     # freshest-frame buffer may drop some when the consumer is slower
