@@ -21,7 +21,7 @@ import pytest
 
 from live_server import RtspServer, free_port, gstreamer_missing, make_clip
 from streamseg.config import build_config
-from streamseg.errors import SourceError
+from streamseg.errors import ConfigError, SourceError
 from streamseg.live import LiveRunner
 from streamseg.models import ModelOptions, NoDetections
 from streamseg.redact import RedactingFilter, redact, redact_url, secrets_of
@@ -566,3 +566,16 @@ def test_hls_over_http_is_the_same_source_kind(clips, tmp_path):
     indices = [f.index for f in frames]
     assert all(b > a for a, b in zip(indices, indices[1:]))  # a VOD playlist is read as fast as it comes: the
     # freshest-frame buffer may drop some when the consumer is slower
+
+
+@needs_server
+def test_info_on_a_camera_redacts_credentials(clips):
+    with RtspServer({"/cam": clips["qvga"]}, user="viewer", password=PASSWORD) as server:
+        done = subprocess.run([sys.executable, "-m", "streamseg.cli", "info", server.url("/cam")],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "live stream: rtsp, video h264, 320x240, fps 25" in done.stdout
+    assert PASSWORD not in done.stdout + done.stderr and "viewer" not in done.stdout + done.stderr
+    with pytest.raises(ConfigError) as caught:
+        open_source(server.url("/cam"), no_such_option=1)
+    assert PASSWORD not in str(caught.value) and "***@" in str(caught.value)

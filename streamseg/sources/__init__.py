@@ -12,6 +12,7 @@ import inspect
 from typing import Callable
 
 from streamseg.errors import ConfigError
+from streamseg.redact import redact_url
 from streamseg.sources.base import Source
 from streamseg.sources.describe import describe, format_description
 from streamseg.sources.images import IMAGE_EXTENSIONS, ImageFolderSource, is_image_input
@@ -53,5 +54,5 @@ def open_source(uri: str, **options) -> Source:
     try:
         inspect.signature(build).bind(uri, **options)
     except TypeError as err:
-        raise ConfigError(f"options for {getattr(build, '__name__', build)} ('{uri}'): {err}") from None
+        raise ConfigError(f"options for {getattr(build, '__name__', build)} ('{redact_url(uri)}'): {err}") from None
     return build(uri, **options).open()

@@ -9,6 +9,7 @@ from av.stream import Discard
 
 from streamseg.errors import SourceError
 from streamseg.sources.images import ImageFolderSource, is_image_input
+from streamseg.sources.live import LiveSource, is_live_input
 from streamseg.sources.video import clockwise, open_container
 
 
@@ -19,13 +20,20 @@ def describe(uri: str) -> dict:
     every stream has ``index, type, codec, codec_long_name, time_base ("1/90000"), frames, duration, bit_rate``;
     video adds ``width, height, upright_width, upright_height, rotation`` (degrees clockwise, read from the first
     decoded frame), ``pix_fmt, avg_fps, r_fps``; audio adds ``sample_rate, channels``.
-    Images: ``{"uri", "container": "images", "images", "first", "width", "height"}``. Errors: SourceError.
+    Images: ``{"uri", "container": "images", "images", "first", "width", "height"}``. Live streams (one
+    connection attempt, credentials redacted): ``{"uri", "container", "live": True, "codec", "width", "height",
+    "fps"}``. Errors: SourceError.
     """
     if is_image_input(uri):
         with ImageFolderSource(uri) as src:
             info = src.info
             return {"uri": uri, "container": "images", "images": len(src.paths), "first": src.paths[0].name,
                     "width": info.width, "height": info.height}
+    if is_live_input(uri):
+        with LiveSource(uri, connect_attempts=1) as src:
+            info = src.info
+            return {"uri": info.uri, "container": info.container, "live": True, "codec": info.codec,
+                    "width": info.width, "height": info.height, "fps": float(info.fps) if info.fps else None}
     path = Path(uri)
     with open_container(path) as container:
         try:
@@ -90,6 +98,9 @@ def format_description(desc: dict) -> str:
     if desc.get("container") == "images":
         return (f"{desc['uri']}\n  images: {desc['images']} (first {desc['first']}: "
                 f"{desc['width']}x{desc['height']})")
+    if desc.get("live"):
+        return (f"{desc['uri']}\n  live stream: {desc['container']}, video {desc['codec']}, "
+                f"{desc['width']}x{desc['height']}, fps {_num(desc['fps'])}")
     duration = f"{desc['duration']:.3f} s" if desc["duration"] is not None else "unknown"
     bit_rate = f"{desc['bit_rate'] / 1000:.0f} kb/s" if desc["bit_rate"] else "unknown"
     lines = [desc["uri"], f"  container: {desc['container']}, duration {duration}, bit rate {bit_rate}"]
