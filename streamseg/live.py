@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from streamseg.config import PipelineConfig
-from streamseg.errors import SourceError, StreamsegError
+from streamseg.errors import ConfigError, SourceError, StreamsegError
 from streamseg.events import EventEngine, describe_event
 from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.graph.exporter import LiveMetrics, MetricsServer, StreamSample
@@ -144,8 +144,16 @@ class LiveRunner:
             metrics = LiveMetrics(lambda: {sid: _sample(s.source) for sid, s in streams.items()},
                                   lambda: self._stage_samples())
             if cfg.live.metrics_port is not None:
-                self.metrics_server = stack.enter_context(MetricsServer(
-                    metrics, self._health, host=cfg.live.metrics_host, port=cfg.live.metrics_port))
+                host, port = cfg.live.metrics_host, cfg.live.metrics_port
+                try:
+                    self.metrics_server = stack.enter_context(MetricsServer(metrics, self._health, host=host,
+                                                                            port=port))
+                except OSError as err:
+                    raise ConfigError(f"live.metrics_port: cannot listen on {host}:{port} "
+                                      f"({err.strerror or err})") from None
+                if host not in ("127.0.0.1", "localhost", "::1"):
+                    log.warning("metrics_exposed host=%s: /metrics and /healthz are reachable from the network",
+                                host)
                 log.info("metrics: %s/metrics and %s/healthz", self.metrics_server.url, self.metrics_server.url)
             batch = len(streams) if cfg.live.cross_stream_batching else 1
             batch = max(batch, cfg.model.batch_size)

@@ -327,6 +327,15 @@ def test_metrics_and_healthz_on_loopback(clips, tmp_path):
     assert 'streamseg_queue_depth{queue="stream:cam"}' in values and 'streamseg_queue_depth{queue="stage:write"}' \
         in values
     assert health["ok"] is True and health["streams"]["cam"]["up"] is True
+    # a port that is taken: a one-line configuration error, not a traceback
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        with RtspServer({"/cam": clips["qvga"]}) as server:
+            runner = LiveRunner(live_config(tmp_path, metrics_port=taken.getsockname()[1]),
+                                NoDetections(ModelOptions()))
+            with pytest.raises(ConfigError, match="live.metrics_port: cannot listen on 127.0.0.1"):
+                runner.run([server.url("/cam")])
 
 
 @needs_server
