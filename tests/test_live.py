@@ -138,11 +138,13 @@ def test_stream_read_end_to_end(clips, transport):
 
 
 @needs_server
-def test_server_killed_and_restarted_resumes_with_down_up_and_new_resolution(clips):
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_server_killed_and_restarted_resumes_with_down_up_and_new_resolution(clips, transport):
     server = RtspServer({"/cam": clips["qvga"]}).start()
     statuses = []
     try:
-        with LiveSource(server.url("/cam"), reconnect=FAST, read_timeout=2, on_status=statuses.append) as source:
+        with LiveSource(server.url("/cam"), transport=transport, reconnect=FAST, read_timeout=2,
+                        on_status=statuses.append) as source:
             live = iter(source)
             before = read_until(live, lambda fs: len(fs) >= 25, timeout=20)
             server.kill()
