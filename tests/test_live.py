@@ -590,3 +590,26 @@ def test_info_on_a_camera_redacts_credentials(clips):
     with pytest.raises(ConfigError) as caught:
         open_source(server.url("/cam"), no_such_option=1)
     assert PASSWORD not in str(caught.value) and "***@" in str(caught.value)
+
+
+@needs_server
+def test_tracker_state_is_per_stream(clips, tmp_path):
+    config = build_config({"output_dir": str(tmp_path), "backend": "none", "sinks": {"video": False},
+                           "tracker": {"min_hits": 2}})
+    with RtspServer({"/c1": clips["qvga"], "/c2": clips["small"]}) as server:
+        runner = LiveRunner(config, BlockDetector())
+        thread, box = run_in_thread(runner, [server.url("/c1"), server.url("/c2")])
+        try:
+            assert runner.ready.wait(30), box
+            wait_for(lambda: all(s.processed > 40 for s in runner._streams.values()), 30, "frames")
+        finally:
+            runner.stop()
+            thread.join(30)
+    assert "error" not in box, box.get("error")
+    for sid in ("c1", "c2"):
+        records = [json.loads(line) for line in (tmp_path / f"{sid}.detections.jsonl").read_text().splitlines()]
+        ids = [d["track_id"] for r in records for d in r["detections"]]
+        # each stream's own tracker numbers its block's track 1; one tracker shared by the two cameras would give
+        # the two blocks (different sizes and places) different ids
+        assert ids and ids[0] == 1, (sid, ids[:10])
+        assert all(r["source"] == sid for r in records)
