@@ -83,10 +83,12 @@ class LiveRun:
     report: GraphReport | None = None
     latencies: list[float] = field(default_factory=list)
     """Capture-to-result seconds of the most recent results (bounded)."""
+    stopped: bool = False
+    """:meth:`LiveRunner.stop` (or a signal) ended the run, rather than every stream ending by itself."""
 
     @property
     def interrupted(self) -> bool:
-        return bool(self.report and self.report.interrupted)
+        return self.stopped or bool(self.report and self.report.interrupted)
 
 
 class LiveRunner:
@@ -156,7 +158,6 @@ class LiveRunner:
                                 host)
                 log.info("metrics: %s/metrics and %s/healthz", self.metrics_server.url, self.metrics_server.url)
             batch = len(streams) if cfg.live.cross_stream_batching else 1
-            batch = max(batch, cfg.model.batch_size)
             q = cfg.graph.queue_size
             self._pipeline = Pipeline([
                 Node("detect", self._detect_stage(list(streams.values()), wakeup, batch)),
@@ -170,6 +171,7 @@ class LiveRunner:
             finally:
                 with self._stop_lock:
                     self._pipeline = None
+                run.stopped = self._stopping.is_set()
                 self.ready.clear()
         for stream in streams.values():
             if stream.failed is None and stream.source.failure is not None:
