@@ -183,6 +183,9 @@ class LiveRunner:
     def _open_streams(self, uris: Sequence[str], wakeup: threading.Event, out_dir: Path,
                       stack: ExitStack) -> dict[str, StreamRun]:
         live = self.config.live
+        if self.config.source.stride != 1:
+            raise ConfigError("source.stride: live streams keep the freshest frame; use source.target_fps "
+                              "(--target-fps) to process fewer frames per second")
         streams: dict[str, StreamRun] = {}
         sources: list[tuple[StreamRun, LiveSource]] = []
         used: set[str] = set()
@@ -201,7 +204,7 @@ class LiveRunner:
                 read_timeout=live.read_timeout, connect_attempts=live.connect_attempts,
                 reconnect=Reconnect(live.reconnect_initial, live.reconnect_max, max_attempts=live.max_attempts),
                 buffer=live.buffer, on_status=lambda status, h=holder: self._on_status(h["run"], status),
-                taps=taps, wakeup=wakeup, stride=self.config.source.stride, max_frames=self.config.source.max_frames,
+                taps=taps, wakeup=wakeup, max_frames=self.config.source.max_frames,
             )
             stream = StreamRun(sid, source, clipper=clipper)
             holder["run"] = stream
@@ -265,16 +268,23 @@ class LiveRunner:
 
     def _detect_stage(self, streams: list[StreamRun], wakeup: threading.Event, batch_size: int):
         backend, stopping = self.backend, self._stopping
+        target_fps = self.config.source.target_fps
+        period = 1.0 / target_fps if target_fps else 0.0
+        due = {id(stream): 0.0 for stream in streams}  # wall clock before which a stream is not processed again
 
         def detect(_) -> Iterator[FrameResult]:
             start = 0
             while not stopping.is_set():
                 wakeup.clear()
                 batch: list[Frame] = []
+                now = time.time()
                 for k in range(len(streams)):  # round robin: every camera gets its turn
                     stream = streams[(start + k) % len(streams)]
+                    if now < due[id(stream)]:
+                        continue  # source.target_fps: its frames wait, and fresher ones replace them (dropped)
                     frame = stream.source.take_latest()
                     if frame is not None:
+                        due[id(stream)] = now + period * 0.95 if period else 0.0
                         batch.append(frame)
                         if len(batch) >= batch_size:
                             start = (start + k + 1) % len(streams)

@@ -613,3 +613,26 @@ def test_tracker_state_is_per_stream(clips, tmp_path):
         # the two blocks (different sizes and places) different ids
         assert ids and ids[0] == 1, (sid, ids[:10])
         assert all(r["source"] == sid for r in records)
+
+
+@needs_server
+def test_target_fps_caps_the_rate_per_camera(clips, tmp_path):
+    config = build_config({"output_dir": str(tmp_path), "backend": "none", "sinks": {"video": False},
+                           "source": {"target_fps": 5.0}})
+    with RtspServer({"/cam": clips["qvga"]}) as server:
+        runner = LiveRunner(config, NoDetections(ModelOptions()))
+        thread, box = run_in_thread(runner, [server.url("/cam")])
+        try:
+            assert runner.ready.wait(30), box
+            time.sleep(1.0)
+            stream = runner._streams["cam"]
+            before, t0 = stream.processed, time.monotonic()
+            time.sleep(4.0)
+            rate = (stream.processed - before) / (time.monotonic() - t0)
+        finally:
+            runner.stop()
+            thread.join(30)
+    assert 4.0 <= rate <= 6.0, rate
+    with pytest.raises(ConfigError, match="target_fps"):
+        LiveRunner(build_config({"backend": "none", "source": {"stride": 2}, "output_dir": str(tmp_path)}),
+                   NoDetections(ModelOptions())).run(["rtsp://127.0.0.1:1/x"])
