@@ -8,7 +8,8 @@ three parts measured in one run and printed side by side:
 2. Reconnect: ``--cycles`` (default 20) kill/restart cycles of the server: down/up pairs seen, pipeline alive, RSS
    growth from after the first cycle to after the last (target < 5 %).
 3. Streams: throughput of N = 1, 2, 4 cameras with cross-stream batching on and off, with the shipped demo Mask
-   R-CNN on CPU (a real forward; ``--stream-seconds`` each), as frames/s and ratios.
+   R-CNN on CPU (a real forward; ``--stream-seconds`` per run, ``--repeats`` runs alternating on/off, median),
+   as frames/s and ratios.
 
     .venv/bin/python bench/bench_live.py                 # the full run (about 10 minutes)
     .venv/bin/python bench/bench_live.py --minutes 1     # the quick form
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -173,31 +175,39 @@ def part_reconnect(clip: Path, cycles: int, out: Path) -> dict:
             "ok": pairs == cycles and alive and growth < 0.05}
 
 
-def part_streams(clip: Path, seconds: float, out: Path) -> dict:
+def part_streams(clip: Path, seconds: float, repeats: int, out: Path) -> dict:
+    """Each (N, batching) configuration runs ``repeats`` times, on and off alternating, so that the load other
+    processes put on a shared machine falls on both alike; the median of the repeats is reported."""
     backend = build_backend(ModelOptions())  # the shipped demo Mask R-CNN: a real forward on CPU
     mounts = {f"/c{i}": clip for i in range(1, 5)}
-    table = {}
+    samples: dict = {}
     with RtspServer(mounts) as server:
         for n in (1, 2, 4):
-            for batching in (True, False):
-                timed = Timed(backend)
-                runner = LiveRunner(config(out / f"n{n}-{batching}", cross_stream_batching=batching), timed)
-                thread, box = start_runner(runner, [server.url(f"/c{i}") for i in range(1, n + 1)])
-                time.sleep(3.0)  # warm-up and connect burst
-                f0, w0, t0 = timed.frames, timed.forwards, time.perf_counter()
-                time.sleep(seconds)
-                frames, forwards, elapsed = timed.frames - f0, timed.forwards - w0, time.perf_counter() - t0
-                runner.stop()
-                thread.join(60)
-                table[(n, batching)] = {"fps": frames / elapsed, "frames_per_forward": frames / max(1, forwards)}
+            for repeat in range(repeats):
+                for batching in ((True, False) if repeat % 2 == 0 else (False, True)):
+                    timed = Timed(backend)
+                    runner = LiveRunner(config(out / f"n{n}-{batching}-{repeat}", cross_stream_batching=batching),
+                                        timed)
+                    thread, box = start_runner(runner, [server.url(f"/c{i}") for i in range(1, n + 1)])
+                    time.sleep(3.0)  # warm-up and connect burst
+                    f0, w0, t0 = timed.frames, timed.forwards, time.perf_counter()
+                    time.sleep(seconds)
+                    frames, forwards, elapsed = timed.frames - f0, timed.forwards - w0, time.perf_counter() - t0
+                    runner.stop()
+                    thread.join(60)
+                    samples.setdefault((n, batching), []).append((frames / elapsed, frames / max(1, forwards)))
     backend.close()
+    table = {key: {"fps": statistics.median(f for f, _ in runs), "frames_per_forward":
+                   statistics.median(b for _, b in runs), "runs": [round(f, 2) for f, _ in runs]}
+             for key, runs in samples.items()}
     rows = {}
     for n in (1, 2, 4):
         on, off = table[(n, True)], table[(n, False)]
         rows[f"N={n}"] = {"batching_on_fps": round(on["fps"], 2), "batching_off_fps": round(off["fps"], 2),
                           "on_over_off": round(on["fps"] / off["fps"], 3),
                           "on_vs_N1_on": round(on["fps"] / table[(1, True)]["fps"], 3),
-                          "frames_per_forward_on": round(on["frames_per_forward"], 2)}
+                          "frames_per_forward_on": round(on["frames_per_forward"], 2),
+                          "runs_on": on["runs"], "runs_off": off["runs"]}
     return rows
 
 
@@ -208,6 +218,8 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=20, help="kill/restart cycles (default 20)")
     parser.add_argument("--stream-seconds", type=float, default=None,
                         help="measured seconds per N-streams configuration (default: 30, 10 when --minutes < 5)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="runs per N-streams configuration, on/off alternating (default: 3, 2 when --minutes < 5)")
     parser.add_argument("--skip", action="append", default=[], choices=("latency", "reconnect", "streams"))
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -216,6 +228,8 @@ def main() -> int:
         print(f"bench_live: {missing}", file=sys.stderr)
         return 1
     stream_seconds = args.stream_seconds or (30.0 if args.minutes >= 5 else 10.0)
+    repeats = args.repeats or (3 if args.minutes >= 5 else 2)
+    logging.basicConfig(level=logging.ERROR)  # a reconnect bench logs 20 stream_down warnings by design
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_live_") as tmp:
         tmp = Path(tmp)
@@ -227,7 +241,7 @@ def main() -> int:
             results["reconnect"] = part_reconnect(clip, args.cycles, tmp)
             print("reconnect", json.dumps(results["reconnect"]), flush=True)
         if "streams" not in args.skip:
-            results["streams"] = part_streams(clip, stream_seconds, tmp)
+            results["streams"] = part_streams(clip, stream_seconds, repeats, tmp)
             print("streams", json.dumps(results["streams"]), flush=True)
     print()
     if "latency" in results:
@@ -243,7 +257,8 @@ def main() -> int:
               f"{r['alive_after']}, RSS {r['rss_first_mib']} -> {r['rss_last_mib']} MiB "
               f"({r['rss_growth'] * 100:+.2f} %, < 5 %): {'OK' if r['ok'] else 'FAIL'}")
     if "streams" in results:
-        print(f"streams   demo Mask R-CNN on CPU, {stream_seconds:.0f} s per configuration")
+        print(f"streams   demo Mask R-CNN on CPU, {stream_seconds:.0f} s per run, median of {repeats} runs "
+              f"(on/off alternating)")
         print(f"          {'':6} {'on fps':>8} {'off fps':>8} {'on/off':>7} {'on/N1':>7} {'frames/forward':>15}")
         for name, row in results["streams"].items():
             print(f"          {name:6} {row['batching_on_fps']:>8.2f} {row['batching_off_fps']:>8.2f} "
