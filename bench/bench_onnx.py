@@ -10,6 +10,12 @@ backend's per-stage split, and each backend's distance from this CPU's compute c
 counted by torch's FlopCounterMode, at 176 GFLOP/s: GUIDE section 1).
 
     .venv/bin/python bench/bench_onnx.py [--frames N] [--models v1,demo] [--min-size 800]
+    .venv/bin/python bench/bench_onnx.py --int8 [--scenes 5]
+
+``--int8`` measures the optional CPU int8 path instead (``streamseg export int8``): the demo model exported, its
+backbone stage quantized with calibration on a generated scene (seed 900, not an evaluation scene), then speed at
+min_size 800 (torch, ONNX Runtime float32, ONNX Runtime int8 side by side) and accuracy cost: box and mask AP of the
+three on held-out generated scenes (seeds 0..N-1) at the model's own size.
 """
 
 from __future__ import annotations
@@ -102,14 +108,60 @@ def bench_model(name: str, frames: list, min_size: int) -> bool:
     return ok
 
 
+def bench_int8(frames_count: int, scenes: int, min_size: int) -> bool:
+    from streamseg.evaluation import evaluate_scenes
+    from streamseg.export.onnx_export import export_onnx
+    from streamseg.export.quantize import quantize_onnx
+    from streamseg.scenes import SceneConfig, write_scene
+
+    with tempfile.TemporaryDirectory(prefix="streamseg-int8-") as tmp:
+        tmp = Path(tmp)
+        float_path = export_onnx(tmp / "demo.onnx", ModelOptions(), flavour="portable")
+        calibration = write_scene(SceneConfig(seed=900, frames=96), tmp / "calibration")["video"]
+        int8_path = quantize_onnx(float_path, tmp / "demo_int8.onnx", str(calibration), frames=32)
+        frames = scene_frames(frames_count, tmp)
+        sized = dict(min_size=min_size, max_size=max(1333, min_size))
+        backends = {"torch": TorchMaskRCNN(ModelOptions(**sized)),
+                    "onnx-float32": OnnxMaskRCNN(ModelOptions(weights=str(float_path), **sized)),
+                    "onnx-int8": OnnxMaskRCNN(ModelOptions(weights=str(int8_path), **sized))}
+        for backend in backends.values():
+            backend.predict(frames[:1])
+        times = {key: [] for key in backends}
+        for frame in frames:
+            for key, backend in backends.items():
+                start = time.perf_counter()
+                backend.predict([frame])
+                times[key].append(time.perf_counter() - start)
+        print(f"\nint8 (demo model, {frames[0].width}x{frames[0].height} scene frames at min_size {min_size}, "
+              f"{len(frames)} frames): speed")
+        reference = statistics.median(times["torch"])
+        for key, values in times.items():
+            median = statistics.median(values)
+            print(f"  {key:14s} median {median:.3f} s/frame  torch/this {reference / median:.2f}x")
+        print(f"accuracy on {scenes} held-out generated scenes (10 frames each, model's own size, score >= 0.05):")
+        low = dict(score_threshold=0.05)
+        evaluated = {"torch": TorchMaskRCNN(ModelOptions(**low)),
+                     "onnx-float32": OnnxMaskRCNN(ModelOptions(weights=str(float_path), **low)),
+                     "onnx-int8": OnnxMaskRCNN(ModelOptions(weights=str(int8_path), **low))}
+        for key, backend in evaluated.items():
+            report = evaluate_scenes(backend, scenes, 0, 10)
+            print(f"  {key:14s} box AP {report.bbox['AP']:.3f} AP50 {report.bbox['AP50']:.3f}  "
+                  f"mask AP {report.segm['AP']:.3f} AP50 {report.segm['AP50']:.3f}")
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=5)
     parser.add_argument("--models", default="v1,demo", help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--min-size", type=int, default=800)
     parser.add_argument("--clip", type=Path, default=CLIP)
+    parser.add_argument("--int8", action="store_true", help="the CPU int8 path: speed and accuracy cost")
+    parser.add_argument("--scenes", type=int, default=5, help="--int8: generated scenes for AP (default 5)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.int8:
+        return 0 if bench_int8(args.frames, args.scenes, args.min_size) else 1
     clip_frames = frames_of(args.clip, args.frames)
     ok = True
     with tempfile.TemporaryDirectory(prefix="streamseg-bench-") as tmp:

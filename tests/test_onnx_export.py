@@ -197,3 +197,30 @@ def test_metadata_is_json_and_names_the_stages(demo_exports):
     assert set(meta["stages"]) == {"rpn", "box", "mask"}
     assert meta["stages"]["box"]["inputs"][-1] == "box_rois"
     assert np.isclose(meta["rpn"]["nms_thresh"], 0.7) and meta["roi_heads"]["detections_per_img"] == 30
+
+
+def test_int8_quantizes_the_backbone_stage_only_and_still_detects(demo_exports, tmp_path):
+    from streamseg.export.quantize import quantize_onnx
+    from streamseg.scenes import Scene, SceneConfig
+    from streamseg.scenes.export import write_scene
+    from streamseg.types import Frame
+
+    video = write_scene(SceneConfig(seed=901, frames=24), tmp_path / "calibration", preset="ultrafast")["video"]
+    path = quantize_onnx(demo_exports["fused"], tmp_path / "int8.onnx", str(video), frames=4)
+    model = onnx.load(str(path))
+    meta = read_metadata(model)
+    assert meta["quantization"]["stage"] == "rpn" and meta["quantization"]["calibration"]["frames"] == 4
+    assert meta["flavour"] == "portable"  # the fused nodes were expanded: int8 files are for ONNX Runtime on CPU
+    quantized_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    backbone = [n for n in convs if "backbone" in n.name]
+    assert backbone and all(n.input[0] in quantized_outputs for n in backbone)
+    assert all(n.input[0] not in quantized_outputs for n in convs if "mask_head" in n.name)
+    scene = Scene(SceneConfig(seed=3, frames=60))
+    rendered = scene.render(45)
+    frame = Frame(rendered.image, "scene3", 45, 1.5)
+    [reference] = OnnxMaskRCNN(ModelOptions(weights=str(demo_exports["portable"]))).predict([frame])
+    [got] = OnnxMaskRCNN(ModelOptions(weights=str(path))).predict([frame])
+    m = match_detections(reference, got)
+    assert len(reference) >= 2 and len(m.pairs) >= 0.6 * len(reference), (len(reference), len(got), len(m.pairs))
+    assert np.median(m.mask_iou) > 0.8

@@ -31,6 +31,16 @@ def add_onnx_parsers(export_commands) -> None:
     onnx.add_argument("--static-batch", action="store_true", help="batch axis fixed at 1 (height, width stay dynamic)")
     onnx.set_defaults(handler=cmd_export_onnx)
 
+    int8 = export_commands.add_parser(
+        "int8", help="CPU int8: quantize an ONNX export's backbone stage, calibrated on frames of a video",
+        description="Static quantization (int8 weights per channel, uint8 activations, QDQ) of the rpn stage "
+        "(backbone + FPN + RPN head); the heads stay float32. Accuracy cost: bench/bench_onnx.py --int8.")
+    int8.add_argument("model", type=Path, help="MODEL.onnx from 'streamseg export onnx'")
+    int8.add_argument("-o", "--output", type=Path, required=True, help="int8 ONNX file to write")
+    int8.add_argument("--video", required=True, help="video (or image folder) of your footage to calibrate on")
+    int8.add_argument("--calibration-frames", type=int, default=32, help="frames spread over it (default 32)")
+    int8.set_defaults(handler=cmd_export_int8)
+
     check = export_commands.add_parser(
         "check", help="parity of an ONNX export with PyTorch (or of an engine folder with its ONNX file)",
         description="ONNX file: runs it in ONNX Runtime and its weights in PyTorch on real frames (default: one "
@@ -62,6 +72,13 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         "rpn_post_nms_top_n": args.rpn_top_n, "max_detections": args.max_detections}.items() if v is not None})
     print(export_onnx(args.output, options, flavour=args.roi_align, opset=args.opset,
                       dynamic_batch=not args.static_batch))
+    return 0
+
+
+def cmd_export_int8(args: argparse.Namespace) -> int:
+    from streamseg.export.quantize import quantize_onnx
+
+    print(quantize_onnx(args.model, args.output, args.video, args.calibration_frames))
     return 0
 
 
