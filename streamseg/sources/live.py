@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "tcp", "v4l2")
 TRANSPORTS = ("tcp", "udp")
+MAX_PTS_JUMP = 60.0
+"""Seconds a stream's timestamps may leap forward between two frames before it counts as a clock reset."""
 
 
 def is_live_input(uri: str) -> bool:
@@ -398,6 +400,12 @@ class LiveSource(Source):
                                 t0, start = pts, (offset if session_last is None else session_last + step)
                             if pts is not None:
                                 seconds = start + float((pts - t0) * stream.time_base)
+                                if session_last is not None and not (
+                                        session_last - 1.0 < seconds < session_last + MAX_PTS_JUMP):
+                                    # the camera's clock jumped (reboot without disconnect, timestamp reset):
+                                    # continue from the last frame instead of stalling or leaping
+                                    t0, start = pts, session_last + step
+                                    seconds = start
                             else:
                                 seconds = (session_last + step) if session_last is not None else offset
                             session_last = seconds
