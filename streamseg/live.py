@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import signal
 import sys
 import threading
@@ -73,6 +74,9 @@ class StreamRun:
     clipper: EventClipper | None = None
     size: tuple[int, int] | None = None
     status_file: object = None
+    ready: bool = False
+    """Outputs built: the model takes this stream's frames (a camera that was down at start is not ready yet)."""
+    gave_up: bool = False
 
 
 @dataclass
@@ -110,6 +114,7 @@ class LiveRunner:
         self._stop_lock = threading.Lock()
         self._streams: dict[str, StreamRun] = {}
         self._status_lock = threading.Lock()
+        self._late_lock = threading.Lock()
         self.ready = threading.Event()
         """Set once every stream is connected and the graph runs (tests and benches wait on it)."""
 
@@ -169,9 +174,10 @@ class LiveRunner:
                 with _signals_call(self.stop, handle_signals):
                     run.report = self._pipeline.run()
             finally:
-                with self._stop_lock:
+                with self._stop_lock, self._late_lock:
                     self._pipeline = None
-                run.stopped = self._stopping.is_set()
+                    run.stopped = self._stopping.is_set()
+                    self._stopping.set()  # ends background connection attempts before the sources close
                 self.ready.clear()
         for stream in streams.values():
             if stream.failed is None and stream.source.failure is not None:
@@ -221,18 +227,65 @@ class LiveRunner:
         # Connect concurrently: startup takes as long as the slowest camera, not the sum of them.
         with ThreadPoolExecutor(max_workers=len(sources)) as pool:
             futures = [pool.submit(source.open) for _, source in sources]
-            errors = []
+            errors: dict[str, BaseException] = {}
             for (stream, source), future in zip(sources, futures):
                 try:
                     future.result()
-                except BaseException as err:  # noqa: BLE001 - reported below, after every source was tried
-                    errors.append(err)
+                except SourceError as err:  # reported below, after every source was tried
+                    errors[stream.source_id] = err
                 stack.callback(source.close)  # LIFO: sources close before the sinks that receive their packets
-        if errors:
-            raise errors[0] if isinstance(errors[0], StreamsegError) else SourceError(redact(str(errors[0])))
+        if errors and len(errors) == len(streams):  # nothing to run: a one-line error
+            first = next(iter(errors.values()))
+            raise first if isinstance(first, StreamsegError) else SourceError(redact(str(first)))
+        late = []
         for stream in streams.values():
-            self._build_outputs(stream, stream.source.info.width, stream.source.info.height, out_dir, stack)
+            if stream.source_id not in errors:
+                self._build_outputs(stream, stream.source.info.width, stream.source.info.height, out_dir, stack)
+                stream.ready = True
+                continue
+            # One camera is off at start: the others run, this one keeps being tried in the background.
+            reason = redact(str(errors[stream.source_id]), stream.source.secrets)
+            log.error("stream_connect_failed source=%s reason=%s (retrying in the background)",
+                      stream.source_id, reason)
+            self._on_status(stream, StreamStatus("stream_down", stream.source_id, time.time(), reason=reason,
+                                                 attempts=live.connect_attempts))
+            thread = threading.Thread(target=self._open_later, args=(stream, out_dir, stack),
+                                      name=f"streamseg:connect:{stream.source_id}", daemon=True)
+            thread.start()
+            late.append(thread)
+        if late:
+            # runs before the sources are closed (LIFO), once the run has ended (self._stopping is set then)
+            stack.callback(lambda: [thread.join() for thread in late])
+            stack.callback(self._stopping.set)  # also when the run fails before it starts
         return streams
+
+    def _open_later(self, stream: StreamRun, out_dir: Path, stack: ExitStack) -> None:
+        """Keep trying to open a stream that was down at start; build its outputs once it is up."""
+        source, rng = stream.source, random.Random()
+        attempt = 0
+        while True:
+            attempt += 1
+            if self._stopping.wait(source.reconnect.delay(attempt, rng)):
+                return
+            try:
+                source.open()
+            except SourceError as err:
+                reason = redact(str(err), source.secrets)
+                log.info("stream_connect_failed source=%s attempt=%d reason=%s", stream.source_id, attempt, reason)
+                if source.reconnect.max_attempts is not None and attempt >= source.reconnect.max_attempts:
+                    stream.failed = f"never connected: {reason}"
+                    stream.gave_up = True
+                    self._on_status(stream, StreamStatus("stream_failed", stream.source_id, time.time(),
+                                                         reason=reason, attempts=attempt))
+                    return
+                continue
+            with self._late_lock:
+                if self._stopping.is_set():
+                    return  # the run is over; the source is closed with the others
+                info = source.info
+                self._build_outputs(stream, info.width, info.height, out_dir, stack)
+                stream.ready = True
+            return
 
     def _build_outputs(self, stream: StreamRun, width: int, height: int, out_dir: Path, stack: ExitStack) -> None:
         cfg = self.config
@@ -280,7 +333,7 @@ class LiveRunner:
                 now = time.time()
                 for k in range(len(streams)):  # round robin: every camera gets its turn
                     stream = streams[(start + k) % len(streams)]
-                    if now < due[id(stream)]:
+                    if not stream.ready or now < due[id(stream)]:
                         continue  # source.target_fps: its frames wait, and fresher ones replace them (dropped)
                     frame = stream.source.take_latest()
                     if frame is not None:
@@ -292,7 +345,7 @@ class LiveRunner:
                 else:
                     start = (start + 1) % len(streams)
                 if not batch:
-                    if all(s.source.finished for s in streams):
+                    if all(s.source.finished or s.gave_up for s in streams):
                         return
                     wakeup.wait(0.05)
                     continue

@@ -636,3 +636,32 @@ def test_target_fps_caps_the_rate_per_camera(clips, tmp_path):
     with pytest.raises(ConfigError, match="target_fps"):
         LiveRunner(build_config({"backend": "none", "source": {"stride": 2}, "output_dir": str(tmp_path)}),
                    NoDetections(ModelOptions())).run(["rtsp://127.0.0.1:1/x"])
+
+
+@needs_server
+def test_camera_down_at_start_does_not_hold_up_the_others_and_joins_later(clips, tmp_path):
+    a = RtspServer({"/cam_a": clips["qvga"]})  # not started yet: the camera is off
+    b = RtspServer({"/cam_b": clips["qvga"]}).start()
+    config = live_config(tmp_path, connect_attempts=1, connect_timeout=1.0)
+    runner = LiveRunner(config, NoDetections(ModelOptions()))
+    started = time.monotonic()
+    thread, box = run_in_thread(runner, [a.url("/cam_a"), b.url("/cam_b")])
+    try:
+        assert runner.ready.wait(30), box
+        assert time.monotonic() - started < 15
+        streams = runner._streams
+        wait_for(lambda: streams["cam_b"].processed > 25, 20, "cam_b running while cam_a is off")
+        assert streams["cam_a"].processed == 0 and not streams["cam_a"].ready
+        a.start()
+        wait_for(lambda: streams["cam_a"].processed > 25, 30, "cam_a joining")
+    finally:
+        runner.stop()
+        thread.join(30)
+        a.kill()
+        b.kill()
+    assert "error" not in box, box.get("error")
+    run = box["run"]
+    assert [s.kind for s in run.streams["cam_a"].statuses] == ["stream_down", "stream_up"]
+    assert run.streams["cam_a"].failed is None
+    records = (tmp_path / "cam_a.detections.jsonl").read_text().splitlines()
+    assert len(records) == run.streams["cam_a"].processed
