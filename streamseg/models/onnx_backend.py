@@ -14,7 +14,6 @@ log line says which one runs.
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -259,6 +258,3 @@ def _to_rois(boxes: list[torch.Tensor]) -> torch.Tensor:
     rows = [torch.cat([torch.full((len(b), 1), float(i)), b.float()], dim=1) for i, b in enumerate(boxes)]
     return torch.cat(rows) if rows else torch.zeros((0, 5))
 
-
-def is_onnx_weights(weights: str | None) -> bool:
-    return bool(weights) and bool(re.search(r"\.onnx$", weights))
