@@ -665,3 +665,32 @@ def test_camera_down_at_start_does_not_hold_up_the_others_and_joins_later(clips,
     assert run.streams["cam_a"].failed is None
     records = (tmp_path / "cam_a.detections.jsonl").read_text().splitlines()
     assert len(records) == run.streams["cam_a"].processed
+
+
+@needs_server
+def test_slow_model_works_on_the_freshest_frame(clips, tmp_path):
+    class Slow(NoDetections):
+        def predict(self, frames):
+            time.sleep(0.2)  # five times slower than the 25 fps camera
+            return super().predict(frames)
+
+    latencies = []
+    with RtspServer({"/cam": clips["qvga"]}) as server:
+        runner = LiveRunner(live_config(tmp_path), Slow(ModelOptions()),
+                            on_result=lambda result, latency: latencies.append(latency))
+        thread, box = run_in_thread(runner, [server.url("/cam")])
+        try:
+            assert runner.ready.wait(30), box
+            time.sleep(2.0)  # past the connect burst
+            skip = len(latencies)
+            time.sleep(5.0)
+            source = runner._streams["cam"].source
+            dropped, received = source.dropped, source.received
+        finally:
+            runner.stop()
+            thread.join(30)
+    steady = sorted(latencies[skip:])
+    assert len(steady) >= 15
+    # a queue in front of the model would grow by 4 frames a second: latency stays at one model time + one frame
+    assert steady[-1] < 0.2 + 0.04 + 0.25, steady[-5:]
+    assert dropped > 0.6 * received
