@@ -38,14 +38,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_clip(path: Path, seconds: float, width: int = 320, height: int = 240, fps: int = 25) -> Path:
-    """An H.264 MP4 (keyframe every second, no B-frames) with a moving block, like a camera picture."""
+def make_clip(path: Path, seconds: float, width: int = 320, height: int = 240, fps: int = 25,
+              gop: int | None = None) -> Path:
+    """An H.264 MP4 (a keyframe every ``gop`` frames, default every second; no B-frames) with a moving block,
+    like a camera picture."""
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         # one slice per picture: GStreamer's rtph264pay (config-interval=-1) repeats SPS/PPS before every IDR
         # slice, so FFmpeg would split a multi-slice keyframe into two pictures and decode each GOP as garbage
-        stream.options = {"preset": "ultrafast", "g": str(fps), "bf": "0", "crf": "32", "threads": "1"}
+        stream.options = {"preset": "ultrafast", "g": str(gop or fps), "bf": "0", "crf": "32",
+                          "threads": "1"}
         base = np.zeros((height, width, 3), np.uint8)
         base[..., 2] = 90
         for i in range(int(seconds * fps)):

@@ -39,7 +39,8 @@ needs_server = pytest.mark.skipif(_missing is not None, reason=_missing or "")
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("live_clips")
-    return {"qvga": make_clip(folder / "qvga.mp4", 40), "small": make_clip(folder / "small.mp4", 40, 256, 144)}
+    return {"qvga": make_clip(folder / "qvga.mp4", 40), "small": make_clip(folder / "small.mp4", 40, 256, 144),
+            "long_gop": make_clip(folder / "long_gop.mp4", 30, gop=250)}
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -694,3 +695,24 @@ def test_slow_model_works_on_the_freshest_frame(clips, tmp_path):
     # a queue in front of the model would grow by 4 frames a second: latency stays at one model time + one frame
     assert steady[-1] < 0.2 + 0.04 + 0.25, steady[-5:]
     assert dropped > 0.6 * received
+
+
+@needs_server
+def test_recording_starts_at_the_first_keyframe_even_with_a_long_gop(clips, tmp_path):
+    """FFmpeg's RTSP client gives a session's first keyframe no timestamp; with one keyframe every 10 s, losing it
+    would leave recordings and clips without a start for 10 s."""
+    recorder = SegmentRecorder(tmp_path / "segments", "cam", segment_seconds=60.0)
+    clipper = EventClipper(tmp_path / "clips", "cam", pre=1.0, post=1.0)
+    with RtspServer({"/cam": clips["long_gop"]}) as server:
+        with LiveSource(server.url("/cam"), taps=[recorder, clipper]) as source:
+            live = iter(source)
+            frames = read_until(live, lambda fs: fs[-1].time > 3.0, timeout=20)
+            clipper.trigger(frames[-1].capture_time, "early")
+            frames += read_until(live, lambda fs: fs[-1].time > 4.5, timeout=20)
+    assert len(recorder.segments) == 1 and len(clipper.clips) == 1
+    with av.open(str(recorder.segments[0])) as container:
+        recorded = sum(1 for _ in container.decode(video=0))
+    assert recorded >= len(frames) - 2  # from the very first frame
+    with av.open(str(clipper.clips[0])) as container:
+        clipped = sum(1 for _ in container.decode(video=0))
+    assert clipped >= 4.0 * 25 - 5  # from the first keyframe (t=0) to the event (3 s) + 1 s after it

@@ -37,12 +37,28 @@ class _Packet:
     data: bytes
 
 
-def _copy(packet: av.Packet, wall: float) -> _Packet | None:
-    """Plain data of a packet (the PyAV object belongs to the demuxer); None for packets without any timestamp."""
-    pts = packet.pts if packet.pts is not None else packet.dts
-    if pts is None or packet.size == 0:
-        return None
-    return _Packet(wall, pts, packet.dts if packet.dts is not None else pts, bool(packet.is_keyframe), bytes(packet))
+class _Copier:
+    """Plain data of packets (the PyAV objects belong to the demuxer), one session at a time.
+
+    A packet without any timestamp gets the previous one's plus a tick (0 at the start of a session): FFmpeg's RTSP
+    client hands over the first keyframe of a session without one, and dropping it would leave the recording
+    without a start until the next keyframe (many seconds with long-GOP cameras)."""
+
+    def __init__(self):
+        self.last: int | None = None
+
+    def reset(self) -> None:
+        self.last = None
+
+    def __call__(self, packet: av.Packet, wall: float) -> _Packet | None:
+        if packet.size == 0:
+            return None
+        pts = packet.pts if packet.pts is not None else packet.dts
+        if pts is None:
+            pts = 0 if self.last is None else self.last + 1
+        dts = packet.dts if packet.dts is not None else pts
+        self.last = max(pts, dts) if self.last is None else max(self.last, pts, dts)
+        return _Packet(wall, pts, dts, bool(packet.is_keyframe), bytes(packet))
 
 
 class _Mp4:
@@ -112,15 +128,17 @@ class SegmentRecorder:
         """Finished segment files, oldest first."""
         self._template = None
         self._current: _Mp4 | None = None
+        self._copy = _Copier()
         self._lock = threading.Lock()
 
     def session(self, stream) -> None:
         with self._lock:
             self._finish()
             self._template = stream
+            self._copy.reset()
 
     def packet(self, packet: av.Packet, wall_time: float) -> None:
-        p = _copy(packet, wall_time)
+        p = self._copy(packet, wall_time)
         if p is None:
             return
         with self._lock:
@@ -181,6 +199,7 @@ class EventClipper:
         self._ring: deque[_Packet] = deque()
         self._pending: list[_Clip] = []
         self._template = None
+        self._copy = _Copier()
         self._lock = threading.Lock()
 
     def trigger(self, wall_time: float, name: str = "event") -> None:
@@ -197,9 +216,10 @@ class EventClipper:
             self._flush(force=True)
             self._ring.clear()
             self._template = stream
+            self._copy.reset()
 
     def packet(self, packet: av.Packet, wall_time: float) -> None:
-        p = _copy(packet, wall_time)
+        p = self._copy(packet, wall_time)
         if p is None:
             return
         with self._lock:
