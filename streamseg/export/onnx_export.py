@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -285,7 +286,10 @@ def export_onnx(
     for name in output_names[: 4 + 2 * levels]:
         dynamic[name] = {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} if dynamic_batch else {2: f"{name}_h", 3: f"{name}_w"}
     log.info("exporting %s (%s RoIAlign, opset %d) -> %s", backend.arch.name, flavour, opset, output)
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # torchvision's roi_align checks its box shapes with a tensor-valued torch._check, which the tracer reports;
+        # the shapes it checks are fixed by construction here ([R, 5] rois), so the warning says nothing
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             staged, (images, box_rois, mask_rois), str(output), dynamo=False, opset_version=opset,
             input_names=["images", "box_rois", "mask_rois"], output_names=output_names, dynamic_axes=dynamic,
