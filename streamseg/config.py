@@ -113,6 +113,8 @@ class LiveOptions:
     metrics_host: str = "127.0.0.1"
     segment_minutes: float | None = None
     """Rolling recording of each camera (stream copy, no re-encoding) in MP4 segments of this many minutes."""
+    keep_segments: int | None = None
+    """Finished segments kept per camera; older ones are deleted so a run of weeks has bounded disk use (None: all)."""
     clips: bool = False
     """An MP4 clip per event, from ``clip_pre`` seconds before it to ``clip_post`` after (stream copy)."""
     clip_pre: float = 5.0
@@ -130,6 +132,7 @@ class LiveOptions:
             "buffer": self.buffer >= 1,
             "metrics_port": self.metrics_port is None or 0 <= self.metrics_port <= 65535,
             "segment_minutes": self.segment_minutes is None or self.segment_minutes > 0,
+            "keep_segments": self.keep_segments is None or self.keep_segments >= 1,
             "clip_pre": self.clip_pre >= 0,
             "clip_post": self.clip_post >= 0,
         }

@@ -200,7 +200,8 @@ class LiveRunner:
             holder: dict = {}
             taps = []
             if live.segment_minutes:
-                taps.append(SegmentRecorder(out_dir / sid / "segments", sid, live.segment_minutes * 60))
+                taps.append(SegmentRecorder(out_dir / sid / "segments", sid, live.segment_minutes * 60,
+                                            keep=live.keep_segments))
             clipper = EventClipper(out_dir / sid / "clips", sid, live.clip_pre, live.clip_post) if live.clips \
                 else None
             if clipper is not None:

@@ -377,9 +377,10 @@ def test_cross_stream_batching_one_forward_for_several_cameras(clips, tmp_path):
 @needs_server
 def test_segments_and_event_clip_from_the_pre_event_buffer(clips, tmp_path):
     recorder = SegmentRecorder(tmp_path / "segments", "cam", segment_seconds=2.0)
+    bounded = SegmentRecorder(tmp_path / "bounded", "cam", segment_seconds=2.0, keep=2)
     clipper = EventClipper(tmp_path / "clips", "cam", pre=1.0, post=1.0)
     with RtspServer({"/cam": clips["qvga"]}) as server:
-        with LiveSource(server.url("/cam"), taps=[recorder, clipper]) as source:
+        with LiveSource(server.url("/cam"), taps=[recorder, bounded, clipper]) as source:
             live = iter(source)
             frames = read_until(live, lambda fs: fs[-1].time > 3.0, timeout=20)
             event_at = frames[-1].capture_time
@@ -387,6 +388,9 @@ def test_segments_and_event_clip_from_the_pre_event_buffer(clips, tmp_path):
             read_until(live, lambda fs: fs[-1].time > 7.5, timeout=20)
     assert len(clipper.clips) == 1 and "enter-door-7" in clipper.clips[0].name
     assert len(recorder.segments) >= 3
+    # keep=2: only the two newest finished segments stay on disk
+    assert [p.name for p in bounded.segments] == [p.name for p in recorder.segments[-2:]]
+    assert sorted(p.name for p in (tmp_path / "bounded").iterdir()) == sorted(p.name for p in bounded.segments)
     for i, path in enumerate(recorder.segments):
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
