@@ -179,16 +179,21 @@ def test_cli_export_check_and_run(tmp_path, videos):
     (["export", "check", "{tmp}/plain.onnx"], "not a streamseg export"),
     (["run", "clip.mp4", "--backend", "onnx", "--weights", "missing.onnx"], "ONNX model not found"),
 ])
-def test_bad_input_one_line_error(args, message, tmp_path):
+def test_bad_input_one_line_error(args, message, tmp_path, capsys):
+    """In-process through the CLI's own main() (the exit code and stderr line a user sees), without a torch
+    import per case; test_cli_export_check_and_run covers the real subprocess."""
+    from streamseg.cli import main
+
     plain = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
     onnx.save(plain, str(tmp_path / "plain.onnx"))
-    done = streamseg(*[a.replace("{tmp}", str(tmp_path)) for a in args])
-    assert done.returncode == 1, done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("streamseg: error:")]
-    assert len(errors) == 1 and message in errors[0] and "Traceback" not in done.stderr, done.stderr
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in args])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("streamseg: error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
 
 
 def test_metadata_is_json_and_names_the_stages(demo_exports):
