@@ -110,6 +110,11 @@ def test_demo_command_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["frames_processed"] == 30
     assert summary["ap_vs_ground_truth"]["segm"]["AP50"] > 0.6
+    # detect -> track -> zone/line events, scored against the scene's exact ground truth (9 events in these 3 s)
+    assert summary["tracking_vs_ground_truth"]["mota"] > 0.8
+    events = summary["events_vs_ground_truth"]["all"]
+    assert events["truth"] >= 5 and events["precision"] >= 0.8 and events["recall"] >= 0.8, events
+    assert (tmp_path / "demo.events.jsonl").is_file() and (tmp_path / "demo.summary.png").is_file()
     assert (tmp_path / "scene" / "instances.json").is_file() and (tmp_path / "demo.mp4").is_file()
     records = [json.loads(line) for line in (tmp_path / "demo.detections.jsonl").read_text().splitlines()]
     masks = [d["mask"] for r in records for d in r["detections"]]

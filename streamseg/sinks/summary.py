@@ -134,10 +134,20 @@ class SummarySink(Sink):
         if self.collision:
             header += f", {self._warnings} forward-collision warnings"
         cv2.putText(image, header, (LEFT, 26), _FONT, 0.6, _INK, 1, cv2.LINE_AA)
+        # One colour per class in every panel; outward crossings in a lighter tint of it.
+        classes = sorted({label.rsplit(": ", 1)[-1] for _, series, _ in panels for label in (series or {})})
+        hue = {name: DEFAULT_PALETTE[k % len(DEFAULT_PALETTE)] for k, name in enumerate(classes)}
+
+        def color_of(label: str) -> tuple:
+            color = hue[label.rsplit(": ", 1)[-1]]
+            if label.split(": ")[0].endswith(" out"):
+                color = tuple((c + p) // 2 for c, p in zip(color, _PAPER))
+            return color
+
         for k, (title, series, kind) in enumerate(panels):
             top = HEADER + k * PANEL_HEIGHT
             if kind == "line":
-                _line_chart(image, top, title, times, series)
+                _line_chart(image, top, title, times, series, color_of)
             else:
                 _histogram(image, top, title, self._visits, self.zones)
         return image
@@ -214,7 +224,7 @@ def _empty(image, top: int, text: str) -> None:
     cv2.putText(image, text, (LEFT + 20, top + PANEL_HEIGHT // 2), _FONT, 0.5, (120, 120, 120), 1, cv2.LINE_AA)
 
 
-def _line_chart(image, top: int, title: str, times: np.ndarray, series: dict[str, np.ndarray]) -> None:
+def _line_chart(image, top: int, title: str, times: np.ndarray, series: dict[str, np.ndarray], color_of) -> None:
     start = float(times[0]) if times.size else 0.0
     x = times - start
     y_max = max((float(v.max()) for v in series.values() if v.size), default=0.0)
@@ -225,8 +235,8 @@ def _line_chart(image, top: int, title: str, times: np.ndarray, series: dict[str
     ranked = sorted(series.items(), key=lambda item: -float(item[1].max()))[:MAX_SERIES]
     step = max(1, x.size // 4000)  # a few thousand points per curve is all a 700-pixel axis can show
     entries = []
-    for k, (label, values) in enumerate(ranked):
-        color = DEFAULT_PALETTE[k % len(DEFAULT_PALETTE)]
+    for label, values in ranked:
+        color = color_of(label)
         xs, ys = px(x[::step], values[::step])
         # counts change in steps: draw horizontal-then-vertical segments rather than slopes
         points = np.stack([np.repeat(xs, 2)[1:], np.repeat(ys, 2)[:-1]], axis=1)
