@@ -20,7 +20,7 @@ import av
 import pytest
 
 from live_server import RtspServer, free_port, gstreamer_missing, make_clip
-from streamseg.config import build_config
+from streamseg.config import PipelineConfig, build_config
 from streamseg.errors import ConfigError, SourceError
 from streamseg.live import LiveRunner
 from streamseg.models import ModelOptions, NoDetections
@@ -204,7 +204,7 @@ def test_cli_unreachable_camera_one_line_error_without_credentials(tmp_path):
     assert PASSWORD not in everything and "admin" not in everything
 
 
-def live_config(tmp_path: Path, **live) -> "PipelineConfig":  # noqa: F821
+def live_config(tmp_path: Path, **live) -> PipelineConfig:
     settings = {"read_timeout": 2.0, "reconnect_initial": 0.2, "reconnect_max": 1.0} | live
     return build_config({"output_dir": str(tmp_path), "backend": "none", "live": settings,
                          "sinks": {"video": False}})

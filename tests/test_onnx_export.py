@@ -16,7 +16,7 @@ import torch
 from streamseg.config import build_config
 from streamseg.export.check import Limits, check_onnx, read_frames
 from streamseg.export.onnx_export import FORMAT, export_onnx, read_metadata
-from streamseg.models import ModelOptions, TorchMaskRCNN
+from streamseg.models import ModelOptions
 from streamseg.models.onnx_backend import OnnxMaskRCNN
 from streamseg.models.parity import match_detections
 from streamseg.models.weights import save_checkpoint

@@ -187,7 +187,7 @@ def test_approaching_objects_grow(street):
                 tracks.setdefault(inst.track_id, []).append((inst.anchor[1], inst.area, inst.label))
     growth = []
     for samples in tracks.values():
-        (y_first, a_first, label), (y_last, a_last, _) = samples[0], samples[-1]
+        (y_first, a_first, _), (y_last, a_last, _) = samples[0], samples[-1]
         if abs(y_last - y_first) > 30:  # moved towards or away from the camera
             near, far = (a_last, a_first) if y_last > y_first else (a_first, a_last)
             growth.append(near / far)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+import numpy as np
+
 from streamseg.errors import ConfigError
 from streamseg.types import Detections, Frame
 
@@ -68,3 +70,14 @@ class Backend(Protocol):
     def predict(self, frames: Sequence[Frame]) -> list[Detections]: ...
 
     def close(self) -> None: ...
+
+
+def class_filter(classes: Sequence[str], class_names: Sequence[str]) -> np.ndarray | None:
+    """Label indices of ``classes`` in a model's ``class_names`` (None: keep every class); unknown names are a
+    :class:`ConfigError` that lists what the model knows."""
+    if not classes:
+        return None
+    unknown = [c for c in classes if c not in class_names]
+    if unknown:
+        raise ConfigError(f"model.classes: unknown class names {unknown} (model knows {list(class_names)})")
+    return np.array([list(class_names).index(c) for c in classes], dtype=np.int64)

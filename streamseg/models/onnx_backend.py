@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -28,7 +27,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_p
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from streamseg.errors import ConfigError, WeightsError
-from streamseg.models.backend import ModelOptions
+from streamseg.models.backend import ModelOptions, class_filter
 from streamseg.models.torch_maskrcnn import to_detections
 from streamseg.types import Detections, Frame
 
@@ -122,7 +121,7 @@ class OnnxMaskRCNN:
         self.class_names = tuple(meta["class_names"])
         self.flavour = meta["flavour"]
         self.paste_shift = float(meta["paste_shift"])
-        self.keep_labels = self._labels_for(options.classes)
+        self.keep_labels = class_filter(options.classes, self.class_names)
         self.transform, self.rpn, self.heads = self._host_stages(meta, options)
 
         so = session_options or default_session_options()
@@ -147,14 +146,6 @@ class OnnxMaskRCNN:
         now = time.perf_counter()
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - start
         return now
-
-    def _labels_for(self, classes: Sequence[str]) -> np.ndarray | None:
-        if not classes:
-            return None
-        unknown = [c for c in classes if c not in self.class_names]
-        if unknown:
-            raise ConfigError(f"model.classes: unknown class names {unknown} (model knows {list(self.class_names)})")
-        return np.array([self.class_names.index(c) for c in classes], dtype=np.int64)
 
     @staticmethod
     def _host_stages(meta: dict, options: ModelOptions):

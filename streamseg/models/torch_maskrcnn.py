@@ -26,7 +26,7 @@ from torchvision.models.detection import (
 from torchvision.models.detection.transform import resize_boxes
 
 from streamseg.errors import ConfigError, WeightsError
-from streamseg.models.backend import ModelOptions
+from streamseg.models.backend import ModelOptions, class_filter
 from streamseg.models.demo import DEMO_ARCH, DEMO_WEIGHTS, build_demo_maskrcnn
 from streamseg.models.weights import ENV_WEIGHTS, Checkpoint, find_weights, load_checkpoint
 from streamseg.types import Detections, Frame, InstanceMasks
@@ -139,7 +139,7 @@ class TorchMaskRCNN:
             raise WeightsError(
                 f"{checkpoint.origin}: {len(self.class_names)} class names for {num_classes} classes"
             )
-        self.keep_labels = self._labels_for(options.classes)
+        self.keep_labels = class_filter(options.classes, self.class_names)
         sizes = {
             "min_size": options.min_size,
             "max_size": options.max_size,
@@ -161,14 +161,6 @@ class TorchMaskRCNN:
             raise ConfigError("model.device: 'cuda' requested but no CUDA device is available")
         self.model = model.eval().to(self.device)
         self.origin = checkpoint.origin
-
-    def _labels_for(self, classes: Sequence[str]) -> np.ndarray | None:
-        if not classes:
-            return None
-        unknown = [c for c in classes if c not in self.class_names]
-        if unknown:
-            raise ConfigError(f"model.classes: unknown class names {unknown} (model knows {list(self.class_names)})")
-        return np.array([self.class_names.index(c) for c in classes], dtype=np.int64)
 
     @torch.inference_mode()
     def predict(self, frames: Sequence[Frame]) -> list[Detections]:

@@ -30,7 +30,7 @@ from streamseg.errors import ConfigError, WeightsError
 from streamseg.export.trt_build import (
     STAGES, TensorRTError, _Logger, load_plugin, read_manifest, require_cuda_gpu, require_tensorrt,
 )
-from streamseg.models.backend import ModelOptions
+from streamseg.models.backend import ModelOptions, class_filter
 from streamseg.models.onnx_backend import OnnxMaskRCNN
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class TensorRTMaskRCNN(OnnxMaskRCNN):
         self.class_names = tuple(meta["class_names"])
         self.flavour = meta["flavour"]
         self.paste_shift = float(meta["paste_shift"])
-        self.keep_labels = self._labels_for(options.classes)
+        self.keep_labels = class_filter(options.classes, self.class_names)
         self.transform, self.rpn, self.heads = self._host_stages(meta, options)
         self.rpn_outputs = meta["stages"]["rpn"]["outputs"]
         self.stage_seconds: dict[str, float] = {}

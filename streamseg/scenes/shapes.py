@@ -464,7 +464,7 @@ def vehicle_ops(layout: StreetLayout, center, heading, look: VehicleLook) -> lis
     offset = np.array([cx, 0.0, cz])
     camera = np.array([0.0, layout.camera_height, 0.0])
     to_camera = camera - offset
-    half_l, half_w = look.length / 2, look.width / 2
+    half_w = look.width / 2
     near_b = half_w if -hz * to_camera[0] + hx * to_camera[2] > 0 else -half_w  # the side the camera sees
     boxes, axles = _vehicle_parts(look, cab_nearer=hx * to_camera[0] + hz * to_camera[2] > 0)
 
