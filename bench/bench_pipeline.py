@@ -156,7 +156,8 @@ def rss_ratio(out: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
-    parser.add_argument("--frames", type=int, default=12, help="frames for the model ratio")
+    parser.add_argument("--frames", type=int, default=48,
+                        help="frames for the model ratio (enough to amortize opening and finalizing the outputs)")
     parser.add_argument("--min-size", type=int, default=384)
     parser.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
