@@ -99,7 +99,7 @@ def test_demo_model_segments_held_out_scenes():
     backend = TorchMaskRCNN(ModelOptions(score_threshold=0.05))
     report = evaluate_scenes(backend, scenes=2, first_seed=500, frames_per_scene=6)
     assert report.bbox["AP50"] > 0.8, report.table()
-    assert report.segm["AP"] > 0.40, report.table()  # measured 0.446 with the shipped weights
+    assert report.segm["AP"] > 0.45, report.table()  # measured 0.528 with the shipped weights
 
 
 @shipped
