@@ -40,11 +40,11 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Iterator
 
 from streamseg.sinks.base import Sink
+from streamseg.sinks.jsonl import read_jsonl
 from streamseg.types import Event, FrameResult, SourceInfo
 
 __all__ = ["EVENTS_SCHEMA", "EventsJsonlSink", "event_record", "read_events_jsonl"]
@@ -97,19 +97,4 @@ class EventsJsonlSink(Sink):
 
 def read_events_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     """Yield the records of an events file in order; raises ValueError on another schema or a corrupt line."""
-    path = Path(path)
-    with open(path, encoding="utf-8", newline="\n") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.endswith("\n"):
-                warnings.warn(f"{path}:{number}: skipping an incomplete last line (interrupted write)", stacklevel=2)
-                return
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not a JSON record: {err}") from None
-            schema = record.get("schema") if isinstance(record, dict) else None
-            if schema != EVENTS_SCHEMA:
-                raise ValueError(f"{path}:{number}: expected schema {EVENTS_SCHEMA!r}, got {schema!r}")
-            yield record
+    return read_jsonl(path, EVENTS_SCHEMA)

@@ -103,6 +103,14 @@ def frame_record(result: FrameResult) -> dict:
 
 def read_detections_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     """Yield the records of a detections file in order; raises ValueError on another schema or a corrupt line."""
+    return read_jsonl(path, SCHEMA)
+
+
+def read_jsonl(path: str | os.PathLike, schema: str) -> Iterator[dict]:
+    """Yield the records of a streamseg JSON Lines file whose every record carries ``schema``, in order.
+
+    A torn last line (an interrupted write) is skipped with a warning; a corrupt line or another schema raises
+    ValueError naming the file and line."""
     path = Path(path)
     with open(path, encoding="utf-8", newline="\n") as file:
         for number, line in enumerate(file, start=1):
@@ -115,7 +123,7 @@ def read_detections_jsonl(path: str | os.PathLike) -> Iterator[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{number}: not a JSON record: {err}") from None
-            schema = record.get("schema") if isinstance(record, dict) else None
-            if schema != SCHEMA:
-                raise ValueError(f"{path}:{number}: expected schema {SCHEMA!r}, got {schema!r}")
+            found = record.get("schema") if isinstance(record, dict) else None
+            if found != schema:
+                raise ValueError(f"{path}:{number}: expected schema {schema!r}, got {found!r}")
             yield record
