@@ -11,7 +11,14 @@ from streamseg.errors import ConfigError, WeightsError
 from streamseg.models import ModelOptions, NoDetections, TorchMaskRCNN
 from streamseg.models import weights as weights_mod
 from streamseg.models.parity import match_detections
-from streamseg.models.torch_maskrcnn import ARCHITECTURES, resolve_arch, seeded_random_checkpoint
+from streamseg.models.demo import DEMO_ARCH
+from streamseg.models.torch_maskrcnn import (
+    ARCHITECTURES,
+    paste_masks_subpixel,
+    resolve_arch,
+    seeded_random_checkpoint,
+    to_detections,
+)
 from streamseg.models.weights import load_checkpoint, save_checkpoint
 from streamseg.types import Detections, Frame, InstanceMasks
 
@@ -160,3 +167,31 @@ def test_no_detections_backend_keeps_shapes():
     frame = Frame(np.zeros((36, 64, 3), np.uint8), "f", 0, 0.0)
     [dets] = NoDetections().predict([frame])
     assert len(dets) == 0 and dets.boxes.shape == (0, 4) and dets.masks.image_size == (36, 64)
+
+
+@pytest.mark.parametrize("box", [(10.3, 20.6, 40.2, 50.9), (3.5, 4.5, 9.75, 30.25), (-5.2, 12.0, 17.7, 70.4)])
+def test_subpixel_paste_follows_the_float_box(box):
+    """An all-ones grid fills exactly the pixels whose centres lie inside the float box (the grid's value is 0.5
+    on the box edge), and a left-half grid stops at the box's float midline: no integer truncation anywhere."""
+    height, width = 64, 48
+    x0, y0, x1, y1 = box
+    centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
+    inside_y = (centres_y > y0) & (centres_y < y1)
+    full = torch.ones(1, 28, 28)
+    left = torch.zeros(1, 28, 28)
+    left[:, :, :14] = 1
+    for grid, x_end in ((full, x1), (left, (x0 + x1) / 2)):
+        masks = paste_masks_subpixel(grid, torch.tensor([box]), (height, width))
+        expected = inside_y[:, None] & ((centres_x > x0) & (centres_x < x_end))[None, :]
+        np.testing.assert_array_equal(masks.dense(0), expected)
+
+
+def test_paste_modes_per_architecture():
+    """COCO architectures keep torchvision's paste (parity); the demo model pastes exactly where its targets were cut."""
+    assert ARCHITECTURES["maskrcnn_resnet50_fpn"].paste_mode == "torchvision"
+    assert ARCHITECTURES["maskrcnn_resnet50_fpn_v2"].paste_mode == "torchvision"
+    assert ARCHITECTURES[DEMO_ARCH].paste_mode == "subpixel"
+    raw = {"boxes": torch.tensor([[2.0, 2.0, 9.0, 9.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1]),
+           "masks": torch.ones(1, 1, 28, 28), "paste_shift": [0.0, 0.0]}
+    with pytest.raises(ConfigError, match="paste mode"):
+        to_detections(raw, (16, 16), ("__background__", "a"), None, 0.0, 0.5, "nearest")

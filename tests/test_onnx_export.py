@@ -61,7 +61,7 @@ def test_export_holds_one_checked_graph_with_metadata(demo_exports):
         assert meta["class_names"][:2] == ["__background__", "person"]
         assert meta["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
         assert meta["size"] == {"min_size": 360, "max_size": 640, "size_divisible": 32}
-        assert meta["paste_shift"] == 0.5
+        assert meta["paste_shift"] == 0.5 and meta["paste_mode"] == "subpixel"
         ops = [n.op_type for n in model.graph.node]
         assert "NonMaxSuppression" not in ops and "Loop" not in ops  # NMS and paste live on the host
         fused = [n for n in model.graph.node if n.domain == "streamseg"]

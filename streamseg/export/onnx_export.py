@@ -20,7 +20,7 @@ flavours:
   run by ONNX Runtime by expansion (:mod:`streamseg.export.ort_ops`) and by the TensorRT plugin.
 
 Everything the runner needs is in the file's metadata (key ``streamseg``, JSON): class names, normalization, size
-policy, RPN / RoI-head settings, paste shift, flavour, streamseg version.
+policy, RPN / RoI-head settings, paste shift and mode, flavour, streamseg version.
 """
 
 from __future__ import annotations
@@ -192,6 +192,7 @@ def _metadata(backend: TorchMaskRCNN, staged: StagedMaskRCNN, flavour: str, opse
                       "box_weights": list(map(float, heads.box_coder.weights))},
         "roi_align": {"box": staged.box_spec.as_dict(), "mask": staged.mask_spec.as_dict()},
         "paste_shift": float(backend.arch.paste_shift),
+        "paste_mode": backend.arch.paste_mode,
         "stages": {"rpn": {"inputs": STAGE_INPUTS["rpn"], "outputs": [*FEATURES, *_rpn_outputs(len(anchors.sizes))]},
                    "box": {"inputs": STAGE_INPUTS["box"], "outputs": ["class_logits", "box_regression"]},
                    "mask": {"inputs": STAGE_INPUTS["mask"], "outputs": ["mask_logits"]}},

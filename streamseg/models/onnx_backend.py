@@ -121,6 +121,7 @@ class OnnxMaskRCNN:
         self.class_names = tuple(meta["class_names"])
         self.flavour = meta["flavour"]
         self.paste_shift = float(meta["paste_shift"])
+        self.paste_mode = meta.get("paste_mode", "torchvision")  # files exported before subpixel paste existed
         self.keep_labels = class_filter(options.classes, self.class_names)
         self.transform, self.rpn, self.heads = self._host_stages(meta, options)
 
@@ -179,7 +180,7 @@ class OnnxMaskRCNN:
         start = time.perf_counter()
         detections = [
             to_detections(r, (f.height, f.width), self.class_names, self.keep_labels, self.paste_shift,
-                          self.options.mask_threshold)
+                          self.options.mask_threshold, self.paste_mode)
             for r, f in zip(raw, frames)
         ]
         self._timed("paste", start)

