@@ -16,23 +16,12 @@ import pytest
 
 from streamseg.sinks import read_detections_jsonl
 
+from evalkit_clips import CLIP_PATHS as CLIPS
+
 STREAMSEG = [sys.executable, "-m", "streamseg.cli"]
 FAST_ENCODE = ["--preset", "ultrafast"]
 SMALL_MODEL = ["--arch", "v1", "--weights", "random:0", "--min-size", "256", "--max-size", "448", "--rpn-top-n", "50",
                "--max-detections", "10", "--score-threshold", "0.3"]
-
-CLIPS = [
-    "surveillance/vtest_pets09_480x360.mp4",
-    "surveillance/vtest_pets09_480x360_h264.avi",
-    "traffic/car-detection.mp4",
-    "traffic/car_traffic_small.mp4",
-    "driving/solidWhiteRight.mp4",
-    "edge_cases/fire2.mp4",
-    "edge_cases/no_duration.webm",
-    "edge_cases/video_with_failing_audio.mp4",
-    "edge_cases/asl_again.mkv",
-    "edge_cases/smpte-2997.mp4",
-]
 
 
 def streamseg(*args, check=True, timeout=600) -> subprocess.CompletedProcess:

@@ -23,19 +23,9 @@ from streamseg.models.weights import save_checkpoint
 from streamseg.pipeline import Runner
 from streamseg.sinks import read_detections_jsonl
 
+from evalkit_clips import CLIP_PATHS as CLIPS
+
 STREAMSEG = [sys.executable, "-m", "streamseg.cli"]
-CLIPS = [  # every evalkit clip (tests/test_cli.py has the same list)
-    "surveillance/vtest_pets09_480x360.mp4",
-    "surveillance/vtest_pets09_480x360_h264.avi",
-    "traffic/car-detection.mp4",
-    "traffic/car_traffic_small.mp4",
-    "driving/solidWhiteRight.mp4",
-    "edge_cases/fire2.mp4",
-    "edge_cases/no_duration.webm",
-    "edge_cases/video_with_failing_audio.mp4",
-    "edge_cases/asl_again.mkv",
-    "edge_cases/smpte-2997.mp4",
-]
 
 
 @pytest.fixture(scope="module")
