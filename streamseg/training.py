@@ -6,8 +6,9 @@ Recipe (the shipped model's; see streamseg/models/weights/MODEL_CARD.md): frames
 scenes (seeds 1000+, never the evaluation seeds), batch 4 at 360x640, AdamW lr 1e-3 weight decay 1e-4, 100
 iterations linear warm-up then cosine decay to 5 %, gradient norm clipped at 10, RoI sampling reduced for CPU speed
 (128 RoIs per image, 600/300 RPN proposals). A resumable training state is saved next to the output every
-``--checkpoint-every`` iterations; the shipped file holds fp16 weights only. The shipped model adds a second phase:
-``--init`` from phase 1, ``--mask-loss-weight 2 --seed 1 --lr 3e-4``, 400 then 800 iterations (the model card).
+``--checkpoint-every`` iterations; the shipped file holds fp16 weights only. The shipped model adds two fine-tuning
+phases with ``--init``: ``--mask-loss-weight 2 --seed 1 --lr 3e-4`` for 800 iterations, then
+``--mask-loss-weight 3 --seed 2 --lr 3e-4`` for 1400 (the commands are in the model card).
 """
 
 from __future__ import annotations
