@@ -4,6 +4,7 @@ server killed and restarted, a camera that never answers, two cameras with one k
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -210,7 +211,10 @@ def live_config(tmp_path: Path, **live) -> PipelineConfig:
                          "sinks": {"video": False}})
 
 
-def run_in_thread(runner: LiveRunner, urls: list[str]):
+@contextlib.contextmanager
+def running(runner: LiveRunner, urls: list[str]):
+    """Run ``runner`` on ``urls`` in a thread for the block; leaving it stops the run and waits for it. The dict
+    yielded holds ``run`` (the LiveRun) or ``error`` once the block is over."""
     box = {}
 
     def target():
@@ -221,7 +225,11 @@ def run_in_thread(runner: LiveRunner, urls: list[str]):
 
     thread = threading.Thread(target=target)
     thread.start()
-    return thread, box
+    try:
+        yield box
+    finally:
+        runner.stop()
+        thread.join(30)
 
 
 @needs_server
@@ -229,22 +237,20 @@ def test_two_cameras_one_killed_the_other_unaffected(clips, tmp_path):
     a = RtspServer({"/cam_a": clips["qvga"]}).start()
     b = RtspServer({"/cam_b": clips["qvga"]}).start()
     runner = LiveRunner(live_config(tmp_path), NoDetections(ModelOptions()))
-    thread, box = run_in_thread(runner, [a.url("/cam_a"), b.url("/cam_b")])
     try:
-        assert runner.ready.wait(30), box
-        streams = runner._streams
-        wait_for(lambda: streams["cam_a"].processed > 20 and streams["cam_b"].processed > 20, 20, "both streams")
-        a.kill()
-        wait_for(lambda: not streams["cam_a"].source.up, 10, "cam_a down")
-        b_start, t0 = streams["cam_b"].processed, time.monotonic()
-        time.sleep(3.0)
-        b_rate = (streams["cam_b"].processed - b_start) / (time.monotonic() - t0)
-        a_during = streams["cam_a"].processed
-        a.start()
-        wait_for(lambda: streams["cam_a"].processed > a_during + 10, 30, "cam_a back")
+        with running(runner, [a.url("/cam_a"), b.url("/cam_b")]) as box:
+            assert runner.ready.wait(30), box
+            streams = runner._streams
+            wait_for(lambda: streams["cam_a"].processed > 20 and streams["cam_b"].processed > 20, 20, "both streams")
+            a.kill()
+            wait_for(lambda: not streams["cam_a"].source.up, 10, "cam_a down")
+            b_start, t0 = streams["cam_b"].processed, time.monotonic()
+            time.sleep(3.0)
+            b_rate = (streams["cam_b"].processed - b_start) / (time.monotonic() - t0)
+            a_during = streams["cam_a"].processed
+            a.start()
+            wait_for(lambda: streams["cam_a"].processed > a_during + 10, 30, "cam_a back")
     finally:
-        runner.stop()
-        thread.join(30)
         a.kill()
         b.kill()
     assert "error" not in box, box.get("error")
@@ -268,23 +274,21 @@ def test_credentials_never_appear_in_any_output(clips, tmp_path, caplog):
                                     "clip_pre": 0.5, "clip_post": 0.5}})
     caplog.set_level(logging.DEBUG)
     runner = LiveRunner(config, NoDetections(ModelOptions()))
-    thread, box = run_in_thread(runner, [server.url("/cam")])
     scraped = []
     try:
-        assert runner.ready.wait(30), box
-        wait_for(lambda: runner._streams["cam"].processed > 10, 20, "frames")
-        server.kill()  # errors and down/up events carry messages that could quote the URL
-        wait_for(lambda: not runner._streams["cam"].source.up, 10, "down")
-        server.start()
-        wait_for(lambda: runner._streams["cam"].source.up and runner._streams["cam"].processed > 40, 30, "up")
-        for path in ("/metrics", "/healthz", "/nothing"):
-            try:
-                scraped.append(urllib.request.urlopen(runner.metrics_server.url + path, timeout=5).read().decode())
-            except urllib.error.HTTPError as err:
-                scraped.append(err.read().decode())
+        with running(runner, [server.url("/cam")]) as box:
+            assert runner.ready.wait(30), box
+            wait_for(lambda: runner._streams["cam"].processed > 10, 20, "frames")
+            server.kill()  # errors and down/up events carry messages that could quote the URL
+            wait_for(lambda: not runner._streams["cam"].source.up, 10, "down")
+            server.start()
+            wait_for(lambda: runner._streams["cam"].source.up and runner._streams["cam"].processed > 40, 30, "up")
+            for path in ("/metrics", "/healthz", "/nothing"):
+                try:
+                    scraped.append(urllib.request.urlopen(runner.metrics_server.url + path, timeout=5).read().decode())
+                except urllib.error.HTTPError as err:
+                    scraped.append(err.read().decode())
     finally:
-        runner.stop()
-        thread.join(30)
         server.kill()
     assert "error" not in box, box.get("error")
     # a wrong password: the error names the URL, redacted
@@ -304,16 +308,12 @@ def test_credentials_never_appear_in_any_output(clips, tmp_path, caplog):
 def test_metrics_and_healthz_on_loopback(clips, tmp_path):
     with RtspServer({"/cam": clips["qvga"]}) as server:
         runner = LiveRunner(live_config(tmp_path, metrics_port=0), NoDetections(ModelOptions()))
-        thread, box = run_in_thread(runner, [server.url("/cam")])
-        try:
+        with running(runner, [server.url("/cam")]) as box:
             assert runner.ready.wait(30), box
             wait_for(lambda: runner._streams["cam"].processed > 30, 20, "frames")
             assert runner.metrics_server.host == "127.0.0.1"
             metrics = urllib.request.urlopen(runner.metrics_server.url + "/metrics", timeout=5).read().decode()
             health = json.loads(urllib.request.urlopen(runner.metrics_server.url + "/healthz", timeout=5).read())
-        finally:
-            runner.stop()
-            thread.join(30)
     values = {}
     for line in metrics.splitlines():
         if line and not line.startswith("#"):
@@ -360,11 +360,9 @@ def test_cross_stream_batching_one_forward_for_several_cameras(clips, tmp_path):
         for batching in (True, False):
             backend = SlowRecording()
             runner = LiveRunner(live_config(tmp_path / str(batching), cross_stream_batching=batching), backend)
-            thread, box = run_in_thread(runner, [server.url("/c1"), server.url("/c2")])
-            assert runner.ready.wait(30), box
-            time.sleep(3)
-            runner.stop()
-            thread.join(30)
+            with running(runner, [server.url("/c1"), server.url("/c2")]) as box:
+                assert runner.ready.wait(30), box
+                time.sleep(3)
             results[batching] = backend.batches[5:]
     assert results[True] and max(len(b) for b in results[False]) == 1
     together = sum(b == ["c1", "c2"] for b in results[True]) / len(results[True])
@@ -459,17 +457,13 @@ def test_events_make_clips_and_count_in_metrics(clips, tmp_path):
     })
     with RtspServer({"/cam": clips["qvga"]}) as server:
         runner = LiveRunner(config, BlockDetector())
-        thread, box = run_in_thread(runner, [server.url("/cam")])
-        try:
+        with running(runner, [server.url("/cam")]) as box:
             assert runner.ready.wait(30), box
             events_file = tmp_path / "cam.events.jsonl"
             # the block crosses into the right half about every 2.8 s; a clip needs its 0.5 s after the event
             wait_for(lambda: events_file.exists() and len(events_file.read_text().splitlines()) >= 2, 30, "events")
             time.sleep(1.0)
             metrics = urllib.request.urlopen(runner.metrics_server.url + "/metrics", timeout=5).read().decode()
-        finally:
-            runner.stop()
-            thread.join(30)
     assert "error" not in box, box.get("error")
     events = [json.loads(line) for line in events_file.read_text().splitlines()]
     assert {e["kind"] for e in events} <= {"enter", "exit"} and events[0]["region"] == "right"
@@ -487,19 +481,17 @@ def test_stream_given_up_after_max_attempts_ends_alone(clips, tmp_path):
     a = RtspServer({"/cam_a": clips["qvga"]}).start()
     b = RtspServer({"/cam_b": clips["qvga"]}).start()
     runner = LiveRunner(live_config(tmp_path, max_attempts=2), NoDetections(ModelOptions()))
-    thread, box = run_in_thread(runner, [a.url("/cam_a"), b.url("/cam_b")])
     try:
-        assert runner.ready.wait(30), box
-        streams = runner._streams
-        wait_for(lambda: streams["cam_a"].processed > 10, 20, "frames")
-        a.kill()
-        wait_for(lambda: streams["cam_a"].source.finished, 20, "cam_a given up")
-        b_before = streams["cam_b"].processed
-        time.sleep(1.0)
-        assert streams["cam_b"].processed > b_before + 10  # the other camera goes on
+        with running(runner, [a.url("/cam_a"), b.url("/cam_b")]) as box:
+            assert runner.ready.wait(30), box
+            streams = runner._streams
+            wait_for(lambda: streams["cam_a"].processed > 10, 20, "frames")
+            a.kill()
+            wait_for(lambda: streams["cam_a"].source.finished, 20, "cam_a given up")
+            b_before = streams["cam_b"].processed
+            time.sleep(1.0)
+            assert streams["cam_b"].processed > b_before + 10  # the other camera goes on
     finally:
-        runner.stop()
-        thread.join(30)
         a.kill()
         b.kill()
     run = box["run"]
@@ -520,17 +512,15 @@ def test_runner_survives_a_reconnect_at_a_new_resolution(clips, tmp_path):
     server = RtspServer({"/cam": clips["qvga"]}).start()
     runner = LiveRunner(config, BlockDetector(),
                         on_result=lambda result, _: sizes.append((result.frame.width, len(result.detections))))
-    thread, box = run_in_thread(runner, [server.url("/cam")])
     try:
-        assert runner.ready.wait(30), box
-        wait_for(lambda: len(sizes) > 40, 20, "frames")
-        server.kill()
-        server.mounts = {"/cam": clips["small"]}
-        server.start()
-        wait_for(lambda: sum(w == 256 for w, _ in sizes) > 60, 30, "frames at the new size")
+        with running(runner, [server.url("/cam")]) as box:
+            assert runner.ready.wait(30), box
+            wait_for(lambda: len(sizes) > 40, 20, "frames")
+            server.kill()
+            server.mounts = {"/cam": clips["small"]}
+            server.start()
+            wait_for(lambda: sum(w == 256 for w, _ in sizes) > 60, 30, "frames at the new size")
     finally:
-        runner.stop()
-        thread.join(30)
         server.kill()
     assert "error" not in box, box.get("error")
     assert [s.kind for s in box["run"].streams["cam"].statuses] == ["stream_up", "stream_down", "stream_up"]
@@ -603,13 +593,9 @@ def test_tracker_state_is_per_stream(clips, tmp_path):
                            "tracker": {"min_hits": 2}})
     with RtspServer({"/c1": clips["qvga"], "/c2": clips["small"]}) as server:
         runner = LiveRunner(config, BlockDetector())
-        thread, box = run_in_thread(runner, [server.url("/c1"), server.url("/c2")])
-        try:
+        with running(runner, [server.url("/c1"), server.url("/c2")]) as box:
             assert runner.ready.wait(30), box
             wait_for(lambda: all(s.processed > 40 for s in runner._streams.values()), 30, "frames")
-        finally:
-            runner.stop()
-            thread.join(30)
     assert "error" not in box, box.get("error")
     for sid in ("c1", "c2"):
         records = [json.loads(line) for line in (tmp_path / f"{sid}.detections.jsonl").read_text().splitlines()]
@@ -626,17 +612,13 @@ def test_target_fps_caps_the_rate_per_camera(clips, tmp_path):
                            "source": {"target_fps": 5.0}})
     with RtspServer({"/cam": clips["qvga"]}) as server:
         runner = LiveRunner(config, NoDetections(ModelOptions()))
-        thread, box = run_in_thread(runner, [server.url("/cam")])
-        try:
+        with running(runner, [server.url("/cam")]) as box:
             assert runner.ready.wait(30), box
             time.sleep(1.0)
             stream = runner._streams["cam"]
             before, t0 = stream.processed, time.monotonic()
             time.sleep(4.0)
             rate = (stream.processed - before) / (time.monotonic() - t0)
-        finally:
-            runner.stop()
-            thread.join(30)
     assert 4.0 <= rate <= 6.0, rate
     with pytest.raises(ConfigError, match="target_fps"):
         LiveRunner(build_config({"backend": "none", "source": {"stride": 2}, "output_dir": str(tmp_path)}),
@@ -650,18 +632,16 @@ def test_camera_down_at_start_does_not_hold_up_the_others_and_joins_later(clips,
     config = live_config(tmp_path, connect_attempts=1, connect_timeout=1.0)
     runner = LiveRunner(config, NoDetections(ModelOptions()))
     started = time.monotonic()
-    thread, box = run_in_thread(runner, [a.url("/cam_a"), b.url("/cam_b")])
     try:
-        assert runner.ready.wait(30), box
-        assert time.monotonic() - started < 15
-        streams = runner._streams
-        wait_for(lambda: streams["cam_b"].processed > 25, 20, "cam_b running while cam_a is off")
-        assert streams["cam_a"].processed == 0 and not streams["cam_a"].ready
-        a.start()
-        wait_for(lambda: streams["cam_a"].processed > 25, 30, "cam_a joining")
+        with running(runner, [a.url("/cam_a"), b.url("/cam_b")]) as box:
+            assert runner.ready.wait(30), box
+            assert time.monotonic() - started < 15
+            streams = runner._streams
+            wait_for(lambda: streams["cam_b"].processed > 25, 20, "cam_b running while cam_a is off")
+            assert streams["cam_a"].processed == 0 and not streams["cam_a"].ready
+            a.start()
+            wait_for(lambda: streams["cam_a"].processed > 25, 30, "cam_a joining")
     finally:
-        runner.stop()
-        thread.join(30)
         a.kill()
         b.kill()
     assert "error" not in box, box.get("error")
@@ -683,17 +663,13 @@ def test_slow_model_works_on_the_freshest_frame(clips, tmp_path):
     with RtspServer({"/cam": clips["qvga"]}) as server:
         runner = LiveRunner(live_config(tmp_path), Slow(ModelOptions()),
                             on_result=lambda result, latency: latencies.append(latency))
-        thread, box = run_in_thread(runner, [server.url("/cam")])
-        try:
+        with running(runner, [server.url("/cam")]) as box:
             assert runner.ready.wait(30), box
             time.sleep(2.0)  # past the connect burst
             skip = len(latencies)
             time.sleep(5.0)
             source = runner._streams["cam"].source
             dropped, received = source.dropped, source.received
-        finally:
-            runner.stop()
-            thread.join(30)
     steady = sorted(latencies[skip:])
     assert len(steady) >= 15
     # a queue in front of the model would grow by 4 frames a second: latency stays at one model time + one frame

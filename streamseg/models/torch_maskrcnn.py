@@ -285,7 +285,7 @@ def paste_masks_subpixel(
         ys, ye = max(math.floor(y0 - box_h / m), 0), min(math.ceil(y1 + box_h / m), height)
         if xe <= xs or ye <= ys:
             crops.append(np.zeros((0, 0), bool))
-            origins.append((min(max(xs, 0), width), min(max(ys, 0), height)))
+            origins.append((min(xs, width), min(ys, height)))
             continue
         # grid_sample's align_corners=False maps -1/+1 to the outer edges of the grid, i.e. to the box edges
         gx = (torch.arange(xs, xe, dtype=torch.float32, device=probs.device) + 0.5 - x0) * (2.0 / box_w) - 1.0
