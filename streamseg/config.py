@@ -56,7 +56,8 @@ class GraphOptions:
     queue_size: int = 4
     """Capacity of each queue between stages: bounds memory and latency."""
     policy: str = "block"
-    """``block`` (files: lossless, backpressure) or ``drop_oldest`` (live: freshest frame wins, drops counted)."""
+    """Live sources only: ``drop_oldest``, the freshest frame wins and drops are counted (what live runs do). Files
+    are never dropped from, whatever this says: decoding waits for the model (``block``)."""
 
     def __post_init__(self):
         if self.policy not in GRAPH_POLICIES:

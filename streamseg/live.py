@@ -370,11 +370,13 @@ class LiveRunner:
                         stream.engine = EventEngine.from_config(self.config.events, frame.width, frame.height)
                 detections = result.detections
                 if stream.tracker is not None:
-                    detections = stream.tracker.update(detections, frame.index, frame.time)
+                    # every detection stays; an id shows from its track's confirmation on (live: no lookahead)
+                    detections = stream.tracker.resolve(stream.tracker.update(
+                        detections, frame.index, frame.time, keep_all=True, image_size=(frame.height, frame.width)))
                 found = ()
                 occupancy = None
                 if stream.engine is not None:
-                    found = tuple(stream.engine.update(frame, detections))
+                    found = tuple(stream.engine.update(frame, detections.tracked()))
                     occupancy = stream.engine.occupancy
                     for event in found:
                         event_log.info("%s", describe_event(event))

@@ -6,8 +6,8 @@ and shared by the sources of a run, which are processed one after another; track
 each source (identities and zone states belong to one stream).
 
 Outputs per source ``<id>`` under ``output_dir`` (each one switchable under ``[sinks]``): ``<id>.mp4`` (annotated;
-with the tracker, boxes are the confirmed tracks, coloured and labelled by track id), ``<id>.detections.jsonl``
-(``track_id`` set with the tracker), ``<id>.coco.json`` (image folders); with the tracker ``<id>.tracks.txt``
+with the tracker, confirmed tracks are coloured and labelled by track id, other detections by class),
+``<id>.detections.jsonl`` (every detection; ``track_id`` set with the tracker, null without a confirmed track), ``<id>.coco.json`` (image folders); with the tracker ``<id>.tracks.txt``
 (MOTChallenge, written at the end from the tracker's back-filled history, bridged gaps filled) and
 ``<id>.summary.png``; with events ``<id>.events.jsonl`` (``streamseg.events/1``, every event also logged on the
 ``streamseg.events`` logger) and, with zones, ``<id>.zone_counts.csv``.
@@ -20,6 +20,7 @@ with the tracker, boxes are the confirmed tracks, coloured and labelled by track
 from __future__ import annotations
 
 import logging
+from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,16 +73,31 @@ def detect_stage(backend: Backend, batch_size: int) -> Callable[[Iterable[Frame]
     return detect
 
 
-def track_stage(tracker: Tracker) -> Callable[[Iterable[FrameResult]], Iterator[FrameResult]]:
-    """Results in, results with the tracker's confirmed detections (``track_ids`` set) out; every frame is one
-    tracker step, empty ones included."""
+def track_stage(tracker: Tracker, lookahead: int = 0) -> Callable[[Iterable[FrameResult]], Iterator[FrameResult]]:
+    """Results in, the same detections with ``track_ids`` out: a confirmed track's id, else ``UNTRACKED`` (no
+    detection is ever removed). Every frame is one tracker step, empty ones included.
+
+    ``lookahead`` frames (files: ``min_hits - 1``, by when a tentative track is either confirmed or dropped) hold
+    results back so that a track gets its id from its first frame on, as in the back-filled tracks file; live
+    streams use 0 and show an id from confirmation on."""
 
     def track(results) -> Iterator[FrameResult]:
+        pending: deque[FrameResult] = deque()
         for result in results:
             frame = result.frame
-            yield replace(result, detections=tracker.update(result.detections, frame.index, frame.time))
+            detections = tracker.update(result.detections, frame.index, frame.time, keep_all=True,
+                                        image_size=(frame.height, frame.width))
+            pending.append(replace(result, detections=detections))
+            while len(pending) > lookahead:
+                yield _resolved(pending.popleft(), tracker)
+        while pending:
+            yield _resolved(pending.popleft(), tracker)
 
     return track
+
+
+def _resolved(result: FrameResult, tracker: Tracker) -> FrameResult:
+    return replace(result, detections=tracker.resolve(result.detections))
 
 
 def events_stage(engine: EventEngine) -> Callable[[Iterable[FrameResult]], Iterator[FrameResult]]:
@@ -90,7 +106,7 @@ def events_stage(engine: EventEngine) -> Callable[[Iterable[FrameResult]], Itera
 
     def events(results) -> Iterator[FrameResult]:
         for result in results:
-            found = engine.update(result.frame, result.detections)
+            found = engine.update(result.frame, result.detections.tracked())
             for event in found:
                 event_log.info("%s", describe_event(event))
             yield replace(result, events=tuple(found), occupancy=engine.occupancy)
@@ -178,12 +194,16 @@ class Runner:
                 self._tracking_outputs(run, tracker, engine, sinks, stack)
             bar = stack.enter_context(_progress_bar(info, enabled=self.progress))
             graph = cfg.graph
+            if graph.policy != "block":
+                log.info("%s: graph.policy = %s applies to live sources only; every frame of a file is processed",
+                         run.source_id, graph.policy)
             nodes = [
                 Node("decode", lambda _: iter(source)),
-                Node("detect", detect_stage(self.backend, cfg.model.batch_size), graph.queue_size, graph.policy),
+                Node("detect", detect_stage(self.backend, cfg.model.batch_size), graph.queue_size, "block"),
             ]
             if tracker is not None:
-                nodes.append(Node("track", track_stage(tracker), graph.queue_size, "block"))
+                lookahead = cfg.tracker.config.min_hits - 1
+                nodes.append(Node("track", track_stage(tracker, lookahead), graph.queue_size, "block"))
             if engine is not None:
                 nodes.append(Node("events", events_stage(engine), graph.queue_size, "block"))
             nodes.append(Node("write", write_stage(sinks, lambda _: bar.update(1)), graph.queue_size, "block"))

@@ -140,6 +140,11 @@ class InstanceMasks:
         return sum(c.nbytes for c in self.crops) + self.origins.nbytes
 
 
+UNTRACKED = -1
+"""``Detections.track_ids`` entry of a detection that no confirmed track has (yet): written as ``null``, drawn
+without an id. Track ids themselves count from 1."""
+
+
 @dataclass(frozen=True, eq=False)
 class Detections:
     """Instances found in one frame. All per-instance fields share their first dimension ``N``.
@@ -198,6 +203,14 @@ class Detections:
 
     def with_track_ids(self, track_ids: np.ndarray) -> "Detections":
         return Detections(self.boxes, self.scores, self.labels, self.class_names, self.masks, track_ids)
+
+    def tracked(self) -> "Detections":
+        """The instances that belong to a confirmed track (``track_ids`` set and not :data:`UNTRACKED`): what event
+        rules and identity counts must see."""
+        if self.track_ids is None:
+            raise ValueError("Detections.tracked: no track_ids (run a tracker first)")
+        keep = self.track_ids != UNTRACKED
+        return self if keep.all() else self[keep]
 
 
 @dataclass(frozen=True, eq=False)

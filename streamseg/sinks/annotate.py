@@ -14,7 +14,7 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from streamseg.types import Detections
+from streamseg.types import UNTRACKED, Detections
 
 __all__ = ["Annotator", "DEFAULT_PALETTE", "Overlay"]
 
@@ -102,8 +102,7 @@ class Annotator:
             raise ValueError(
                 f"detections.masks.image_size {detections.masks.image_size} does not match image {(height, width)}"
             )
-        keys = detections.track_ids if detections.track_ids is not None else detections.labels
-        colors = [self.color(k) for k in keys]
+        colors = [self.color(k) for k in _color_keys(detections)]
         thickness = max(1, round(short / 360))
         if self.draw_masks and detections.masks is not None:
             for crop, (x0, y0), color in zip(detections.masks.crops, detections.masks.origins, colors):
@@ -116,7 +115,7 @@ class Annotator:
             names = detections.names
             for i in range(n):
                 text = f"{names[i]} {float(detections.scores[i]):.2f}"
-                if detections.track_ids is not None:
+                if detections.track_ids is not None and detections.track_ids[i] != UNTRACKED:
                     text = f"#{int(detections.track_ids[i])} {text}"
                 x1, y1, _, _ = _pixel_box(detections.boxes[i], width, height)
                 self._label(image, text, x1, y1, colors[i], short)
@@ -171,3 +170,11 @@ def _pixel_box(box: np.ndarray, width: int, height: int) -> tuple[int, int, int,
     x2 = min(max(int(math.ceil(float(box[2]))) - 1, x1), width - 1)
     y2 = min(max(int(math.ceil(float(box[3]))) - 1, y1), height - 1)
     return x1, y1, x2, y2
+
+
+def _color_keys(detections: Detections) -> list:
+    """Track id where there is one, else the class (a detection not yet tracked keeps its class colour)."""
+    labels = detections.labels.tolist()
+    if detections.track_ids is None:
+        return labels
+    return [t if t != UNTRACKED else label for t, label in zip(detections.track_ids.tolist(), labels)]

@@ -26,7 +26,9 @@ detections         list[object]     one per instance, possibly empty; fields bel
   mask             object           COCO compressed RLE ``{"size": [height, width], "counts": str}`` over the
                                     full frame (column-major, pycocotools format); omitted when the model
                                     produced no masks
-  track_id         int              tracker identity, stable across frames; omitted when not tracked
+  track_id         int or null      tracker identity, stable across frames; null while the detection has no
+                                    confirmed track (files: back-filled from the track's first frame, as in the
+                                    tracks file); omitted when not tracked
 =================  ===============  ============================================================================
 """
 
@@ -41,7 +43,7 @@ from typing import Iterator
 
 from streamseg.ops.masks import masks_to_rle
 from streamseg.sinks.base import Sink
-from streamseg.types import FrameResult, SourceInfo
+from streamseg.types import UNTRACKED, FrameResult, SourceInfo
 
 __all__ = ["DetectionsJsonlSink", "read_detections_jsonl", "SCHEMA"]
 
@@ -85,7 +87,8 @@ def frame_record(result: FrameResult) -> dict:
         if rles is not None:
             item["mask"] = rles[i]
         if dets.track_ids is not None:
-            item["track_id"] = int(dets.track_ids[i])
+            track_id = int(dets.track_ids[i])
+            item["track_id"] = None if track_id == UNTRACKED else track_id
         detections.append(item)
     time_base = None if frame.time_base is None else Fraction(frame.time_base)
     return {

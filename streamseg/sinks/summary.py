@@ -76,7 +76,7 @@ class SummarySink(Sink):
         self._last_time = float(result.frame.time)
         dets = result.detections
         if dets.track_ids is not None:
-            self._tracks.update(dets.track_ids.tolist())
+            self._tracks.update(dets.tracked().track_ids.tolist())
         objects = Counter(dets.names)
         occupancy = {z: dict(c) for z, c in (result.occupancy or {}).items()} if self.zones else {}
         if self._fill < self._stride:  # this frame joins the latest point

@@ -32,7 +32,8 @@ dropped); a confirmed track missed in a frame is ``LOST``: still predicted, stil
 Two ways to read the output, for two uses:
 
 - live: :meth:`Tracker.update` returns the frame's detections that belong to confirmed tracks, with ``track_ids``
-  set; tentative tracks are not shown until confirmed;
+  set; tentative tracks are not shown until confirmed. ``update(keep_all=True)`` returns every detection instead
+  (a pipeline never loses one), untracked ones marked :data:`~streamseg.types.UNTRACKED`;
 - offline (``Tracker(keep_history=True)``): :meth:`Tracker.history` returns every frame's confirmed tracks
   *including* the frames a track spent tentative, back-filled once it was confirmed. ``streamseg track`` writes this.
 
@@ -58,7 +59,7 @@ from streamseg.errors import ConfigError
 from streamseg.tracking.association import (DISTANCES, DistanceLike, assign, box_iou, check_assigner, get_distance,
                                            iou_distance)
 from streamseg.tracking.kalman import BoxKalman
-from streamseg.types import Detections, InstanceMasks
+from streamseg.types import UNTRACKED, Detections, InstanceMasks
 
 
 class TrackState(IntEnum):
@@ -251,13 +252,18 @@ class Tracker:
             for i in range(len(t))
         )
 
-    def update(self, detections: Detections, frame_index: int | None = None, time: float | None = None) -> Detections:
+    def update(self, detections: Detections, frame_index: int | None = None, time: float | None = None, *,
+               keep_all: bool = False, image_size: tuple[int, int] | None = None) -> Detections:
         """Advance one frame. Returns the detections that belong to confirmed tracks, in detection order, with
         ``track_ids`` set (masks and class names kept). Call it for every processed frame, empty ones included:
         a frame is one motion step and one step of the lost buffer.
 
         ``frame_index``: label of the frame in :meth:`history` (default: 0-based count of updates). ``time``:
-        seconds (``Frame.time``), required when ``max_lost_seconds`` is set.
+        seconds (``Frame.time``), required when ``max_lost_seconds`` is set. ``keep_all``: return every input
+        detection instead, in input order, each with the id of the track it joined, tentative ones included
+        (:meth:`confirmed` tells which ids are, :meth:`resolve` keeps only those), or :data:`~streamseg.types.UNTRACKED`: a pipeline's outputs keep
+        every detection the model gave. ``image_size`` ``(H, W)`` (default: the masks'): smoothed boxes are
+        clipped to it, as the model's own boxes are.
         """
         if not isinstance(detections, Detections):
             raise ConfigError(f"Tracker.update: expected Detections, got {type(detections).__name__}")
@@ -301,7 +307,9 @@ class Tracker:
         self._correct(paired, dets, pair[paired], time)
         remove = self._age(pair < 0, time)
         ids, states = t.ids[paired], t.state[paired]
-        boxes = BoxKalman.boxes(t.mean[paired]) if cfg.smooth_boxes else dets.boxes[pair[paired]]
+        boxes = dets.boxes[pair[paired]]
+        if cfg.smooth_boxes:
+            boxes = _clip(BoxKalman.boxes(t.mean[paired]), image_size or _image_size(detections))
 
         # 5. Start tentative tracks from the confident detections nobody took.
         start = cfg.high_threshold if cfg.new_track_threshold is None else cfg.new_track_threshold
@@ -320,8 +328,29 @@ class Tracker:
         if self.keep_history and len(ids):
             self._history.append((frame_index, _pick(detections, columns[order], boxes[order], ids[order],
                                                      masks=self.history_masks)))
+        if keep_all:
+            all_ids = np.full(len(detections), UNTRACKED, np.int64)
+            all_ids[columns] = ids
+            all_boxes = detections.boxes.copy()
+            all_boxes[columns] = boxes
+            return Detections(all_boxes, detections.scores, detections.labels, detections.class_names,
+                              detections.masks, all_ids)
         order = order[states[order] == _CONFIRMED]
         return _pick(detections, columns[order], boxes[order], ids[order])
+
+    def confirmed(self, track_ids: np.ndarray) -> np.ndarray:
+        """Which of ``track_ids`` belong to tracks that have been confirmed (now or earlier): with
+        ``update(keep_all=True)``, a tentative track's earlier detections get its id once this turns True (the
+        back-fill), or stay untracked if the track is dropped first."""
+        confirmed = np.fromiter(self._confirmed_ids, np.int64, len(self._confirmed_ids))
+        return np.isin(np.asarray(track_ids, np.int64), confirmed)
+
+    def resolve(self, detections: Detections) -> Detections:
+        """``update(keep_all=True)`` output with the ids of tracks not confirmed (yet, or ever) made ``UNTRACKED``."""
+        confirmed = self.confirmed(detections.track_ids)
+        if confirmed.all():
+            return detections
+        return detections.with_track_ids(np.where(confirmed, detections.track_ids, UNTRACKED))
 
     def _cost(self, dets: Detections) -> np.ndarray:
         """``(T, M)`` distances of all tracks to the candidate detections; inf forbids a pair."""
@@ -442,10 +471,9 @@ class Tracker:
             max_gap = np.iinfo(np.int64).max - 1
         if isinstance(max_gap, bool) or not isinstance(max_gap, (int, np.integer)) or max_gap < 0:
             raise ConfigError(f"Tracker.history: max_gap must be an integer >= 0, got {max_gap!r}")
-        confirmed = np.fromiter(self._confirmed_ids, np.int64, len(self._confirmed_ids))
         frames: dict[int, list[Detections]] = {}
         for frame_index, detections in self._history:
-            keep = np.isin(detections.track_ids, confirmed)
+            keep = self.confirmed(detections.track_ids)
             if keep.any():
                 frames.setdefault(frame_index, []).append(detections[keep])
         if max_gap > 0:
@@ -461,6 +489,18 @@ def _pick(detections: Detections, columns: np.ndarray, boxes: np.ndarray, track_
     masks = None if detections.masks is None or not masks else detections.masks[columns]
     return Detections(boxes, detections.scores[columns], detections.labels[columns], detections.class_names, masks,
                       track_ids)
+
+
+def _image_size(detections: Detections) -> tuple[int, int] | None:
+    return None if detections.masks is None else detections.masks.image_size
+
+
+def _clip(boxes: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray:
+    """Boxes inside the image: a Kalman-smoothed box of an object at the border can overshoot it."""
+    if image_size is None:
+        return boxes
+    height, width = image_size
+    return np.clip(boxes, 0.0, np.array([width, height, width, height], dtype=np.float64))
 
 
 def _concatenate(parts: list[Detections]) -> Detections:
