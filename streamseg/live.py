@@ -41,7 +41,7 @@ from streamseg.events import EventEngine, describe_event
 from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.graph.exporter import LiveMetrics, MetricsServer, StreamSample
 from streamseg.models import Backend, build_backend
-from streamseg.pipeline import _overlays, _vocabulary
+from streamseg.pipeline import _overlays, _vocabulary, warn_unknown_event_classes
 from streamseg.redact import RedactingFilter, redact, secrets_of
 from streamseg.sinks import Annotator, DetectionsJsonlSink, EventsJsonlSink, VideoSink, ZoneCountsCsvSink
 from streamseg.sinks.recording import EventClipper, SegmentRecorder, utc_stamp
@@ -106,6 +106,7 @@ class LiveRunner:
                  on_result: Callable[[FrameResult, float], None] | None = None):
         self.config = config
         self.backend = backend if backend is not None else build_backend(config.model, config.backend)
+        warn_unknown_event_classes(config, self.backend.class_names)
         self.on_result = on_result
         """Called from the write stage with each result and its capture-to-result latency (benches, tests)."""
         self.metrics_server: MetricsServer | None = None

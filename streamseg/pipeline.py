@@ -143,6 +143,7 @@ class Runner:
         self.progress = progress
         self.backend = backend if backend is not None else build_backend(config.model, config.backend)
         log.info("model: %s backend, weights %s", self.backend.name, getattr(self.backend, "origin", "?"))
+        warn_unknown_event_classes(config, self.backend.class_names)
         self._pipeline: Pipeline | None = None
         self._used_ids: set[str] = set()
 
@@ -256,6 +257,17 @@ def _overlays(engine: EventEngine | None) -> list[Overlay]:
     overlays += [Overlay(line.name, line.config.points, "arrow") for line in engine.lines]
     overlays += [Overlay(r.name, r.config.ego_lane) for r in engine.rules if isinstance(r, CollisionRule)]
     return overlays
+
+
+def warn_unknown_event_classes(config: PipelineConfig, class_names: Sequence[str]) -> None:
+    """One warning line naming the classes that event rules ask for and the model does not know (a COCO pipeline
+    with the demo model: truck, bus); nothing for a model without classes (``backend = none``)."""
+    vocabulary = _vocabulary(class_names)
+    unknown = config.events.unknown_classes(vocabulary) if vocabulary and config.events.enabled else {}
+    if unknown:
+        named = "; ".join(f"{rule}: {', '.join(classes)}" for rule, classes in unknown.items())
+        log.warning("event rules name classes the model does not know (%s); it knows %s", named,
+                    ", ".join(vocabulary))
 
 
 def _vocabulary(class_names: Sequence[str]) -> tuple[str, ...]:

@@ -359,3 +359,22 @@ def test_camera_pipeline_on_a_file_drops_nothing(videos, tmp_path):
     assert [r["frame"] for r in records] == list(range(30))
     with av.open(str(tmp_path / "vtest_pets09_480x360.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 30
+
+
+def test_event_rules_naming_unknown_classes_warn_once(tmp_path, caplog):
+    """Issue 13.10: a traffic rule set (truck, bus) with the demo model (person, car, bicycle) warns once, naming
+    the rule and the classes it can never see; rules the model fully knows give no warning."""
+    events = {"lines": [{"name": "bridge", "points": [[0, 100], [400, 100]], "classes": ["car", "truck", "bus"]}],
+              "zones": [{"name": "walk", "polygon": [[0, 0], [10, 0], [10, 10]], "classes": ["person"]}]}
+    config = build_config({"output_dir": str(tmp_path), "model": {"arch": "demo"}, "tracker": {"enabled": True},
+                           "events": events})
+    with caplog.at_level(logging.WARNING, logger="streamseg"):
+        Runner(config).close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "bridge: truck, bus" in warnings[0] and "walk" not in warnings[0]
+    caplog.clear()
+    events["lines"][0]["classes"] = ["car"]
+    with caplog.at_level(logging.WARNING, logger="streamseg"):
+        Runner(build_config({"output_dir": str(tmp_path), "model": {"arch": "demo"}, "tracker": {"enabled": True},
+                             "events": events})).close()
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from streamseg.errors import ConfigError
 from streamseg.ops.geometry import ANCHORS
@@ -208,3 +208,11 @@ class EventsConfig:
     def enabled(self) -> bool:
         """Whether any rule is configured."""
         return bool(self.zones or self.lines or self.collision is not None)
+
+    def unknown_classes(self, vocabulary: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """Per rule name, the classes it names that ``vocabulary`` (a model's class names) lacks: such a rule
+        part can never fire, which a user should hear about once rather than find out from an empty log."""
+        rules = [*self.zones, *self.lines, *([self.collision] if self.collision is not None else [])]
+        known = set(vocabulary)
+        unknown = {rule.name: tuple(c for c in rule.classes if c not in known) for rule in rules}
+        return {name: classes for name, classes in unknown.items() if classes}
