@@ -78,6 +78,10 @@ class Pipeline:
     def run(self, handle_signals: bool = False) -> GraphReport:
         """Run until every node has finished; raise :class:`StageError` for the first node that failed.
 
+        A failure ends the run the way a stop does, at the failed node: the items it had already passed on still
+        go through every later node (a truncated input's decoded frames all reach the outputs), and the nodes
+        before it stop at their next output (nothing is decoded for a sink that can no longer write).
+
         With ``handle_signals``, SIGINT and SIGTERM call :meth:`stop` (first one drains, second aborts) instead of
         killing the process; this only takes effect on the main thread, and the old handlers come back afterwards.
         """
@@ -180,10 +184,11 @@ class Pipeline:
             self._fail(name, exc)
 
     def _fail(self, name: str, exc: BaseException) -> None:
+        """Record the first failure; the failed node's thread then ends its outbox (later nodes drain) and detaches
+        its inbox (earlier nodes stop), as every finished node does."""
         with self._lock:
             if self._failure is None:
                 self._failure = (name, exc)
-        self._abort()
 
     def _abort(self) -> None:
         self._aborted.set()
