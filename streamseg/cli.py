@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 from streamseg import __version__
-from streamseg.config import PipelineConfig, build_config, load_pipeline
 from streamseg.errors import StreamsegError
+
+# Heavy modules (streamseg.config pulls in torch: seconds) are imported inside the commands, so that --help is fast
+# and a Ctrl-C during start-up is caught by main() like any other.
 
 log = logging.getLogger("streamseg")
 
@@ -40,6 +42,7 @@ OVERRIDES = {
     "queue_size": "graph.queue_size",
     "video": "sinks.video",
     "detections": "sinks.detections",
+    "coco_annotations": "sinks.coco_annotations",
     "preset": "sinks.preset",
     "crf": "sinks.crf",
     "track": "tracker.enabled",
@@ -83,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--backend", help="torch (default); onnx: ONNX Runtime, --weights MODEL.onnx from 'streamseg "
                        "export onnx' (other weights are exported on start); none: no model, for pipeline checks")
     model.add_argument("--weights", help="checkpoint path, or random[:SEED] for an untrained model (tests only)")
-    model.add_argument("--arch", help="auto, v1 (maskrcnn_resnet50_fpn), v2 (maskrcnn_resnet50_fpn_v2)")
+    model.add_argument("--arch", help="auto (default: the checkpoint's own; without --weights the demo model), demo, "
+                       "v1 (maskrcnn_resnet50_fpn), v2 (maskrcnn_resnet50_fpn_v2)")
     model.add_argument("--device", help="cpu or cuda[:N]")
     model.add_argument("--fp16", action="store_true", default=None, help="half precision (CUDA only)")
     model.add_argument("--min-size", type=int, help="resize shorter side to this (default: the model's; 800 COCO, 360 demo)")
@@ -103,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = run.add_argument_group("outputs")
     out.add_argument("--no-video", dest="video", action="store_false", default=None, help="skip annotated video")
     out.add_argument("--no-detections", dest="detections", action="store_false", default=None, help="skip JSONL")
+    out.add_argument("--coco-annotations", metavar="FILE", help="image folders: COCO annotation file whose image "
+                     "ids (by file name) and category ids (by class name) the COCO results use")
     out.add_argument("--preset", help="x264 preset (default veryfast)")
     out.add_argument("--crf", type=int, help="x264 quality, lower is better (default 23)")
     live = run.add_argument_group("live streams (rtsp://, http(s)://, v4l2://; more under [live] in a pipeline)")
@@ -117,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="scene seed (training used 1000 and up)")
     demo.add_argument("--frames", type=int, default=120)
     demo.add_argument("--weights", help="another checkpoint (COCO or your own) instead of the demo model")
-    demo.add_argument("--arch", help="architecture of --weights (default auto)")
+    demo.add_argument("--arch", help="architecture of --weights: auto (default: the checkpoint's own), demo, v1, v2")
     demo.add_argument("--no-progress", action="store_true")
 
     evaluate = commands.add_parser("eval", help="box and mask AP of a model (pycocotools); tracking and events "
@@ -138,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--min-frames", type=int, default=1,
                           help="--scene-events: frames a zone/line change must hold (default 1)")
     evaluate.add_argument("--weights")
-    evaluate.add_argument("--arch")
+    evaluate.add_argument("--arch", help="auto (default: the checkpoint's own; without --weights the demo model), "
+                          "demo, v1, v2")
     evaluate.add_argument("--min-size", type=int)
     evaluate.add_argument("--max-size", type=int)
     evaluate.add_argument("--score-threshold", type=float,
@@ -176,10 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+def config_from_args(args: argparse.Namespace):
+    """The run's :class:`~streamseg.config.PipelineConfig`: the pipeline file (if any) under the flags given."""
+    from streamseg.config import build_config, load_pipeline
+
     overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items() if getattr(args, flag, None) is not None}
     if args.sources:
         overrides["sources"] = list(args.sources)
+    if args.weights is not None and args.arch is None and not args.weights.startswith("random"):
+        overrides["model.arch"] = "auto"  # --weights alone: the checkpoint's architecture, not the pipeline file's
     if args.pipeline is not None:
         return load_pipeline(args.pipeline, overrides)
     return build_config({}, overrides, origin="command line")
@@ -191,31 +203,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if not config.sources:
         raise StreamsegError("no sources: pass files or folders, or a --pipeline that lists them")
-    from streamseg.sources import is_live_input
+    from dataclasses import replace
 
+    from streamseg.sources import expand_sources, is_live_input
+
+    config = replace(config, sources=tuple(expand_sources(config.sources)))  # a glob's videos: one source each
     if any(is_live_input(uri) for uri in config.sources):
         from streamseg.live import run_live  # cameras: all streams at once, until Ctrl-C
 
         return run_live(config)
+    skipped = 0
     with Runner(config, progress=not args.no_progress) as runner:
         for uri in config.sources:
             run = runner.process(uri, handle_signals=True)
             if run.report is not None:
                 print(run.report.table(), file=sys.stderr)
+            if run.skipped:
+                print(f"{run.source_id}: unreadable images skipped: {len(run.skipped)}", file=sys.stderr)
+                skipped += len(run.skipped)
             for kind, path in run.outputs.items():
                 log.info("%s: %s -> %s", run.source_id, kind, path)
             if run.interrupted:
                 log.warning("interrupted: outputs hold the %d frames processed", run.frames_written)
                 return EXIT_INTERRUPTED
+    if skipped:  # after every source: the readable images are all written
+        raise StreamsegError(f"unreadable images skipped: {skipped} (named in the warnings above); "
+                             "every readable image is in the outputs")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from streamseg.sources import describe, format_description
+    from streamseg.sources import describe, expand_sources, format_description
 
-    for uri in args.sources:
-        print(format_description(describe(uri)))
-    return 0
+    failed = 0
+    for uri in expand_sources(args.sources):  # a bad file gets its error line; the others are still described
+        try:
+            print(format_description(describe(uri)), flush=True)
+        except StreamsegError as err:
+            print(f"streamseg: error: {err}", file=sys.stderr, flush=True)
+            failed += 1
+    return EXIT_ERROR if failed else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -284,21 +311,23 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.log_format == "json":
-        from streamseg.logs import use_json_logs
+    verbose = False
+    try:  # from the first instruction: a Ctrl-C while torch is still importing is one line too
+        args = build_parser().parse_args(argv)
+        verbose = args.verbose
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if args.log_format == "json":
+            from streamseg.logs import use_json_logs
 
-        use_json_logs()
-    command = {"run": cmd_run, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo, "track": cmd_track,
-               "export": lambda a: a.handler(a)}[args.command]
-    try:
+            use_json_logs()
+        command = {"run": cmd_run, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo, "track": cmd_track,
+                   "export": lambda a: a.handler(a)}[args.command]
         return command(args)
     except StreamsegError as err:
-        if args.verbose:
+        if verbose:
             log.exception("failed")
         print(f"streamseg: error: {err}", file=sys.stderr)
         return EXIT_ERROR

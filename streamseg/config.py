@@ -7,7 +7,7 @@ A file has top-level ``sources`` and ``output_dir`` plus one table per stage kin
     [source]   stride, target_fps, max_frames
     [model]    backend and every field of ModelOptions
     [graph]    queue_size, policy
-    [sinks]    video, detections, coco, codec, preset, crf, tracks, events, zone_counts, summary
+    [sinks]    video, detections, coco, coco_annotations, codec, preset, crf, tracks, events, zone_counts, summary
     [tracker]  enabled (true when the table is present) and every field of streamseg.tracking.TrackerConfig
     [events]   units, [[events.zones]], [[events.lines]], [events.collision]  (streamseg.events.config)
     [live]     live streams (rtsp://, http(s)://, v4l2://): transport, timeouts, reconnect, metrics, recording
@@ -73,7 +73,10 @@ class SinkOptions:
     detections: bool = True
     """Detections as JSON Lines, one record per frame."""
     coco: bool = True
-    """COCO results JSON, for image sources only."""
+    """COCO results JSON (and its companion categories file), for image sources only."""
+    coco_annotations: str | None = None
+    """COCO annotation file whose image ids (matched by file name) and category ids (by class name) the COCO
+    results use; without one, ids come from numeric file names (else sorted positions) and COCO's standard ids."""
     codec: str = "libx264"
     preset: str = "veryfast"
     crf: int = 23
@@ -183,9 +186,16 @@ def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
     base = Path(path).parent
+    # Relative paths in a pipeline file are relative to the file, like includes in any config format: the file
+    # means the same from any working folder. Paths given on the command line (overrides) stay relative to it.
     if "sources" in raw and isinstance(raw["sources"], list):
-        # Relative paths in a pipeline file are relative to the file, like includes in any config format.
-        raw["sources"] = [s if "://" in s or Path(s).is_absolute() else str(base / s) for s in raw["sources"]]
+        raw["sources"] = [s if not isinstance(s, str) or "://" in s or Path(s).is_absolute() else str(base / s)
+                          for s in raw["sources"]]
+    if isinstance(raw.get("output_dir"), str):
+        raw["output_dir"] = str(base / raw["output_dir"])
+    sinks = raw.get("sinks")
+    if isinstance(sinks, dict) and isinstance(sinks.get("coco_annotations"), str):
+        sinks["coco_annotations"] = str(base / sinks["coco_annotations"])  # data, like sources: next to the file
     return build_config(raw, overrides, origin=str(path))
 
 

@@ -7,7 +7,8 @@ each source (identities and zone states belong to one stream).
 
 Outputs per source ``<id>`` under ``output_dir`` (each one switchable under ``[sinks]``): ``<id>.mp4`` (annotated;
 with the tracker, confirmed tracks are coloured and labelled by track id, other detections by class),
-``<id>.detections.jsonl`` (every detection; ``track_id`` set with the tracker, null without a confirmed track), ``<id>.coco.json`` (image folders); with the tracker ``<id>.tracks.txt``
+``<id>.detections.jsonl`` (every detection; ``track_id`` set with the tracker, null without a confirmed track),
+``<id>.coco.json`` and ``<id>.coco.categories.json`` (image folders); with the tracker ``<id>.tracks.txt``
 (MOTChallenge, written at the end from the tracker's back-filled history, bridged gaps filled) and
 ``<id>.summary.png``; with events ``<id>.events.jsonl`` (``streamseg.events/1``, every event also logged on the
 ``streamseg.events`` logger) and, with zones, ``<id>.zone_counts.csv``.
@@ -30,11 +31,13 @@ import numpy as np
 from tqdm import tqdm
 
 from streamseg.config import PipelineConfig
+from streamseg.errors import ConfigError, output_error
 from streamseg.events import CollisionRule, EventEngine, describe_event
 from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.models import Backend, build_backend
 from streamseg.sinks import (Annotator, CocoResultsSink, DetectionsJsonlSink, EventsJsonlSink, Overlay, SummarySink,
-                             VideoSink, ZoneCountsCsvSink, coco_image_id_from_filename)
+                             VideoSink, ZoneCountsCsvSink)
+from streamseg.sinks.base import close_after
 from streamseg.sources import open_source
 from streamseg.tracking import MotRows, Tracker, write_mot
 from streamseg.types import Frame, FrameResult, SourceInfo
@@ -51,6 +54,8 @@ class SourceRun:
     info: SourceInfo
     outputs: dict[str, Path] = field(default_factory=dict)
     report: GraphReport | None = None
+    skipped: list[Path] = field(default_factory=list)
+    """Image sources: the unreadable images that were left out (each also logged as a warning)."""
 
     @property
     def frames_written(self) -> int:
@@ -166,12 +171,17 @@ class Runner:
         ``source_id`` names the outputs (default: the file or folder name)."""
         cfg = self.config
         out_dir = Path(cfg.output_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file in the way, no permission: one line, not a traceback
+            raise output_error(out_dir, err, action="create the output folder") from err
         with ExitStack() as stack:
             kwargs = _source_kwargs(cfg) | ({"source_id": source_id} if source_id else {})
             source = stack.enter_context(open_source(uri, **kwargs))
             info = source.info
             run = SourceRun(self._unique_id(info.source_id), info)
+            earlier = [out_dir / f"{run.source_id}{suffix}" for suffix in OUTPUT_SUFFIXES]
+            earlier = [path for path in earlier if path.exists()]
             tracker = Tracker(cfg.tracker.config, keep_history=cfg.sinks.tracks, history_masks=False) \
                 if cfg.tracker.enabled else None
             engine = EventEngine.from_config(cfg.events, info.width, info.height) if cfg.events.enabled else None
@@ -182,17 +192,24 @@ class Runner:
                     run.outputs["video"], info, codec=cfg.sinks.codec, preset=cfg.sinks.preset, crf=cfg.sinks.crf,
                     annotator=Annotator(overlays=_overlays(engine)),
                 )))
+            images = source.names if info.is_image_sequence else None  # each frame's file, as outputs name it
             if cfg.sinks.detections:
                 run.outputs["detections"] = out_dir / f"{run.source_id}.detections.jsonl"
-                sinks.append(stack.enter_context(DetectionsJsonlSink(run.outputs["detections"], info)))
-            if cfg.sinks.coco and info.is_image_sequence:
+                sinks.append(stack.enter_context(DetectionsJsonlSink(run.outputs["detections"], info, files=images)))
+            if cfg.sinks.coco and images is not None:
                 run.outputs["coco"] = out_dir / f"{run.source_id}.coco.json"
-                paths = source.paths
-                sinks.append(stack.enter_context(CocoResultsSink(
-                    run.outputs["coco"], info, image_ids=lambda index: coco_image_id_from_filename(paths[index])
-                )))
+                coco = stack.enter_context(CocoResultsSink(
+                    run.outputs["coco"], info, images=images, class_names=_vocabulary(self.backend.class_names),
+                    annotations=cfg.sinks.coco_annotations,
+                ))
+                run.outputs["coco_categories"] = coco.categories_path
+                sinks.append(coco)
             if tracker is not None:
                 self._tracking_outputs(run, tracker, engine, sinks, stack)
+            if not run.outputs:
+                raise ConfigError(f"{run.source_id}: nothing to write: every output for this source is switched off "
+                                  f"([sinks], --no-video, --no-detections)")
+            _remove_stale(run, earlier)
             bar = stack.enter_context(_progress_bar(info, enabled=self.progress))
             graph = cfg.graph
             if graph.policy != "block":
@@ -213,6 +230,11 @@ class Runner:
                 run.report = self._pipeline.run(handle_signals=handle_signals)
             finally:
                 self._pipeline = None
+            if not run.report.interrupted and bar.total is not None and bar.n != bar.total:
+                bar.total = bar.n  # the container's frame count was an estimate: a finished source ends at 100%
+                bar.refresh()
+            if info.is_image_sequence:
+                run.skipped = list(source.skipped)
         return run
 
     def _tracking_outputs(self, run: SourceRun, tracker: Tracker, engine: EventEngine | None, sinks: list,
@@ -222,7 +244,8 @@ class Runner:
         if cfg.sinks.tracks:
             run.outputs["tracks"] = out_dir / f"{run.source_id}.tracks.txt"
             # written when the source's outputs are closed, after the graph has finished: also after an error
-            stack.callback(write_tracks, run.outputs["tracks"], tracker)
+            tracks = run.outputs["tracks"]
+            stack.push(lambda exc_type, exc, tb: close_after(lambda: write_tracks(tracks, tracker), exc))
         events = cfg.events
         if engine is not None and cfg.sinks.events:
             run.outputs["events"] = out_dir / f"{run.source_id}.events.jsonl"
@@ -247,6 +270,25 @@ class Runner:
             candidate = f"{source_id}-{n}"
         self._used_ids.add(candidate)
         return candidate
+
+
+OUTPUT_SUFFIXES = (".mp4", ".detections.jsonl", ".coco.json", ".coco.categories.json", ".tracks.txt",
+                   ".events.jsonl", ".zone_counts.csv", ".summary.png")
+"""What :meth:`Runner.process` may write per source, after the source id."""
+
+
+def _remove_stale(run: SourceRun, earlier: list[Path]) -> None:
+    """An earlier run's outputs of this source that this run does not write are removed (a tracks file next to a
+    new video would describe another run); one line says what was replaced and what was removed."""
+    written = set(run.outputs.values())
+    stale = [path for path in earlier if path not in written]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if earlier:
+        replaced = [path.name for path in earlier if path in written]
+        log.info("%s: outputs of an earlier run in %s: replaced %s; removed %s (not written by this run)",
+                 run.source_id, earlier[0].parent, ", ".join(replaced) or "none",
+                 ", ".join(path.name for path in stale) or "none")
 
 
 def _overlays(engine: EventEngine | None) -> list[Overlay]:

@@ -17,9 +17,10 @@ def describe(uri: str) -> dict:
     """Container and per-stream facts as JSON-ready values (None where unknown).
 
     Media: ``{"uri", "container", "container_long_name", "duration" (s), "bit_rate" (bit/s), "streams": [...]}``;
-    every stream has ``index, type, codec, codec_long_name, time_base ("1/90000"), frames, duration, bit_rate``;
-    video adds ``width, height, upright_width, upright_height, rotation`` (degrees clockwise, read from the first
-    decoded frame), ``pix_fmt, avg_fps, r_fps``; audio adds ``sample_rate, channels``.
+    every stream has ``index, type, codec, codec_long_name, time_base ("1/90000"), frames, duration, bit_rate``
+    (``frames``: the header's count); video counts ``frames`` by demuxing (what decoding yields, the header's count
+    in ``header_frames``) and adds ``width, height, upright_width, upright_height, rotation`` (degrees clockwise,
+    read from the first decoded frame), ``pix_fmt, avg_fps, r_fps``; audio adds ``sample_rate, channels``.
     Images: ``{"uri", "container": "images", "images", "first", "width", "height"}``. Live streams (one
     connection attempt, credentials redacted): ``{"uri", "container", "live": True, "codec", "width", "height",
     "fps"}``. Errors: SourceError.
@@ -62,9 +63,11 @@ def _stream(path: Path, stream: av.stream.Stream) -> dict:
         "bit_rate": (cc.bit_rate if cc is not None else None) or None,
     }
     if stream.type == "video":
-        rotation = _rotation(path, stream.index)
+        rotation, frames = _scan(path, stream.index)
         turned = rotation is not None and rotation % 180 != 0
         out.update(
+            frames=frames,
+            header_frames=stream.frames or None,
             width=cc.width,
             height=cc.height,
             upright_width=cc.height if turned else cc.width,
@@ -79,18 +82,30 @@ def _stream(path: Path, stream: av.stream.Stream) -> dict:
     return out
 
 
-def _rotation(path: Path, index: int) -> int | None:
-    """Clockwise turn of the first frame of stream ``index``; None when no frame decodes. The display matrix
-    reaches PyAV on decoded frames, not on streams, hence a second, short-lived container."""
+def _scan(path: Path, index: int) -> tuple[int | None, int | None]:
+    """Clockwise turn of the first frame of stream ``index`` (None when no frame decodes) and the number of frames
+    decoding yields (None when demuxing fails).
+
+    The display matrix reaches PyAV on decoded frames, not on streams, hence a second, short-lived container. The
+    count comes from demuxing alone (about a microsecond a packet, no decoding): packets that an edit list trims
+    are flagged discard and never become frames, so the header's count can exceed what a decoder yields."""
+    rotation, frames = None, 0
     with av.open(str(path)) as container:
         for other in container.streams:
             other.discard = Discard.default if other.index == index else Discard.all
+        stream = container.streams[index]
         try:
-            for frame in container.decode(container.streams[index]):
-                return clockwise(frame)
+            for n, packet in enumerate(container.demux(stream)):
+                if rotation is None and n < 64:  # a decoder's delay is a few packets; a stream that never
+                    # decodes must not cost a decode attempt per packet
+                    try:
+                        rotation = next((clockwise(frame) for frame in packet.decode()), None)
+                    except av.FFmpegError:
+                        pass
+                frames += bool(packet.size) and not packet.is_discard
         except av.FFmpegError:
-            pass
-    return None
+            return rotation, None
+    return rotation, frames
 
 
 def format_description(desc: dict) -> str:
@@ -113,6 +128,9 @@ def format_description(desc: dict) -> str:
         elif s["type"] == "audio":
             line += f", {s['sample_rate']} Hz, {s['channels']} channels"
         frames = s["frames"] if s["frames"] is not None else "unknown"
+        header = s.get("header_frames")
+        if header is not None and header != s["frames"]:
+            frames = f"{frames} (the header says {header}: an edit list or damage leaves fewer to decode)"
         line += f", time_base {s['time_base']}, frames {frames}"
         lines.append(line)
     return "\n".join(lines)

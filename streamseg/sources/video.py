@@ -220,9 +220,12 @@ def _declared(container, stream) -> tuple[Fraction | None, float | None, int | N
         duration = float(stream.duration * stream.time_base)
     else:
         duration = container.duration / av.time_base if container.duration else None
+    estimate = round(duration * rate) if duration and rate else None
     if stream.frames:
-        return rate, duration, stream.frames
-    return rate, duration, round(duration * rate) if duration and rate else None
+        # An edit list that trims frames (clips cut by copy) leaves the header counting every sample while the
+        # stream's duration is the edited one: decoding yields the smaller number.
+        return rate, duration, min(stream.frames, estimate) if estimate else stream.frames
+    return rate, duration, estimate
 
 
 def _increasing(values: list) -> bool:
