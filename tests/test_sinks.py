@@ -57,7 +57,8 @@ def gt_detections(coco: COCO, image_id: int) -> Detections:
     dense = np.stack([coco.annToMask(a).astype(bool) for a in anns])
     masks = InstanceMasks.from_dense(dense)
     assert masks.image_size == (info["height"], info["width"])
-    return Detections(boxes, np.ones(len(anns)), [a["category_id"] for a in anns], (), masks)
+    names = tuple(coco.cats[i]["name"] if i in coco.cats else "N/A" for i in range(max(coco.cats) + 1))
+    return Detections(boxes, np.ones(len(anns)), [a["category_id"] for a in anns], names, masks)
 
 
 def make_dets(dense: np.ndarray, labels, scores=None, track_ids=None, with_masks=True) -> Detections:
@@ -453,7 +454,7 @@ def test_coco_results_of_ground_truth_score_ap_one(tmp_path: Path, evalkit: Path
     assert len(files) == len(coco_gt.imgs)
     path = tmp_path / "results.json"
     info = SourceInfo("val2017", str(evalkit / "coco" / "val2017"), 0, 0, is_image_sequence=True)
-    sink = CocoResultsSink(path, info, image_ids=lambda index: coco_image_id_from_filename(files[index]))
+    sink = CocoResultsSink(path, info, images=[file.name for file in files])  # COCO's standard category ids
     try:
         for index, file in enumerate(files):
             dets = gt_detections(coco_gt, coco_image_id_from_filename(file))
@@ -465,7 +466,7 @@ def test_coco_results_of_ground_truth_score_ap_one(tmp_path: Path, evalkit: Path
     results = json.loads(path.read_text())
     assert len(results) == len(coco_gt.anns)
     assert set(results[0]) == {"image_id", "category_id", "bbox", "score", "segmentation"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.categories.json", "results.json"]
 
     detections = quiet(coco_gt.loadRes, str(path))
     for iou_type in ("segm", "bbox"):

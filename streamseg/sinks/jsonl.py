@@ -12,6 +12,8 @@ field              type             meaning
 schema             str              always ``"streamseg.detections/1"``
 source             str              ``SourceInfo.source_id`` / ``Frame.source_id``
 frame              int              0-based index of the frame in the source (strided frames keep their index)
+file               str              image sources only: the image's path relative to its folder (a glob: to
+                                    the folder part before the first wildcard), ``/``-separated
 time               float            seconds since the stream's first frame (``Frame.time``), 6 decimals
 pts                int | null       container timestamp in ``time_base`` units; null for images
 time_base          str | null       ``"num/den"`` seconds per pts tick; null for images
@@ -39,7 +41,7 @@ import os
 import warnings
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from streamseg.ops.masks import masks_to_rle
 from streamseg.sinks.base import Sink
@@ -51,18 +53,21 @@ SCHEMA = "streamseg.detections/1"
 
 
 class DetectionsJsonlSink(Sink):
-    """Appends one ``streamseg.detections/1`` record per frame to ``path`` (created or truncated here)."""
+    """Appends one ``streamseg.detections/1`` record per frame to ``path`` (created or truncated here). ``files``
+    (image sources) names the file of each frame index, so that every record says which image it describes."""
 
-    def __init__(self, path: str | os.PathLike, info: SourceInfo):
+    def __init__(self, path: str | os.PathLike, info: SourceInfo, *, files: Sequence[str] | None = None):
         self.path = Path(path)
         self.info = info
+        self.files = files
         self._file = open(self.path, "w", encoding="utf-8", newline="\n")
         self.frames_written = 0
 
     def write(self, result: FrameResult) -> None:
         if self._file.closed:
             raise ValueError(f"write to closed DetectionsJsonlSink({self.path})")
-        line = json.dumps(frame_record(result), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        file = None if self.files is None else self.files[result.frame.index]
+        line = json.dumps(frame_record(result, file), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         self._file.write(line + "\n")
         self._file.flush()
         self.frames_written += 1
@@ -71,8 +76,9 @@ class DetectionsJsonlSink(Sink):
         self._file.close()  # idempotent; every line is already flushed
 
 
-def frame_record(result: FrameResult) -> dict:
-    """The ``streamseg.detections/1`` record of one frame, as plain JSON-ready Python values."""
+def frame_record(result: FrameResult, file: str | None = None) -> dict:
+    """The ``streamseg.detections/1`` record of one frame, as plain JSON-ready Python values; ``file`` names the
+    image it came from (image sources)."""
     frame, dets = result.frame, result.detections
     names = dets.names
     rles = masks_to_rle(dets.masks) if dets.masks is not None else None
@@ -95,6 +101,7 @@ def frame_record(result: FrameResult) -> dict:
         "schema": SCHEMA,
         "source": frame.source_id,
         "frame": int(frame.index),
+        **({} if file is None else {"file": file}),
         "time": round(float(frame.time), 6),
         "pts": None if frame.pts is None else int(frame.pts),
         "time_base": None if time_base is None else f"{time_base.numerator}/{time_base.denominator}",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import glob
+import itertools
+import logging
+import os
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -14,6 +17,8 @@ import numpy as np
 from streamseg.errors import ConfigError, SourceError
 from streamseg.sources.base import Source
 from streamseg.types import Frame, SourceInfo
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -40,14 +45,17 @@ def read_image(path: Path) -> np.ndarray:
 
 class ImageFolderSource(Source):
     """Images as frames: a directory (its image files sorted by name, not recursive), a glob pattern (sorted
-    matches with an image extension), or a single image file.
+    matches with an image extension), or a single image file. File names may be anything.
 
-    ``paths`` (filled by ``open()``) lists every image in order; ``Frame.index`` is the position in it, also for
-    strided frames, so ``paths[frame.index]`` is the file a frame came from. Images may differ in size: each
-    frame has its own, ``info`` has the first image's. Still images have no clock: ``Frame.time`` is
-    ``index / fps`` when ``fps`` is given, else the index itself; ``pts`` is None. ``source_id`` defaults to
-    the folder's name (the file's stem for one image). An unreadable image ends iteration with a SourceError
-    naming it, after the images before it were yielded.
+    ``paths`` (filled by ``open()``) lists every image in order and ``names`` the same files relative to the
+    folder (a glob: to its folder part before the first wildcard), as outputs name them; ``Frame.index`` is the
+    position in both, also for strided frames, so ``paths[frame.index]`` is the file a frame came from. Images
+    may differ in size: each frame has its own, ``info`` has the first readable image's. Still images have no
+    clock: ``Frame.time`` is ``index / fps`` when ``fps`` is given, else the index itself; ``pts`` is None.
+    ``source_id`` defaults to the folder's name (the file's stem for one image).
+
+    An unreadable image (damaged, not an image, gone) is skipped with one warning and listed in ``skipped``, so
+    one bad file costs that file only; ``open()`` fails only when no image at all can be read.
     """
 
     def __init__(
@@ -65,58 +73,85 @@ class ImageFolderSource(Source):
             raise ConfigError(f"fps must be None or a number > 0, got {fps!r}")
         self.fps = fps
         self.paths: list[Path] = []
-        self._first: np.ndarray | None = None
+        self.names: list[str] = []
+        self.skipped: list[Path] = []
+        self._picks: Iterator[int] = iter(())
+        self._first: tuple[int, np.ndarray] | None = None
 
     def _open(self) -> SourceInfo:
-        self.paths = _list_images(self.pattern)
-        self._first = read_image(self.paths[0])
+        root, self.paths = _list_images(self.pattern)
+        self.names = [Path(os.path.relpath(p, root)).as_posix() for p in self.paths]
+        self.skipped = []
+        # one iterator over the picked indices: open() reads up to the first readable image, _frames() goes on
+        self._picks = iter(range(0, len(self.paths), self.stride)[: self.max_frames])
+        self._first = next(((i, image) for i in self._picks if (image := self._read(i)) is not None), None)
+        if self._first is None:
+            raise SourceError(f"{self.pattern}: no readable image ({len(self.skipped)} skipped)")
+        image = self._first[1]
         return SourceInfo(
             source_id=self.source_id,
             uri=self.pattern,
-            width=self._first.shape[1],
-            height=self._first.shape[0],
+            width=image.shape[1],
+            height=image.shape[0],
             fps=Fraction(self.fps).limit_denominator(1_000_000) / self.stride if self.fps else None,
-            frame_count=self._kept_count(len(self.paths)),
+            frame_count=self._kept_count(len(self.paths)) - len(self.skipped),
             container="images",
             is_image_sequence=True,
         )
 
     def _frames(self) -> Iterator[Frame]:
-        picks = range(0, len(self.paths), self.stride)[: self.max_frames]
-        for index in picks:
-            image = self._first if index == 0 else read_image(self.paths[index])
-            self._first = None
+        first, self._first = self._first, None
+        for index, image in itertools.chain([first], ((i, self._read(i)) for i in self._picks)):
+            if image is None:
+                continue
             seconds = index / self.fps if self.fps else float(index)
             yield Frame(image, self.source_id, index, seconds, capture_time=time.time())
 
+    def _read(self, index: int) -> np.ndarray | None:
+        """The image at ``index``, or None after a warning when it cannot be read (recorded in ``skipped``)."""
+        try:
+            return read_image(self.paths[index])
+        except SourceError as err:
+            log.warning("%s; skipped", err)
+            self.skipped.append(self.paths[index])
+            return None
+
     def _release(self) -> None:
         self._first = None
+        self._picks = iter(())
 
 
-def _list_images(pattern: str) -> list[Path]:
+def _list_images(pattern: str) -> tuple[Path, list[Path]]:
+    """The folder that file names are relative to, and the images in sorted order."""
     path = Path(pattern)
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if is_image_file(p))
         if not found:
             raise SourceError(f"{path}: folder has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    elif path.is_file():
-        found = [path]
-    elif is_glob(pattern):
+        return path, found
+    if path.is_file():
+        return path.parent, [path]
+    if is_glob(pattern):
         found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if is_image_file(Path(p)))
         if not found:
             raise SourceError(f"{pattern}: pattern matches no image files")
-    else:
-        raise SourceError(f"{pattern}: no such file or folder")
-    return found
+        return _glob_root(pattern), found
+    raise SourceError(f"{pattern}: no such file or folder")
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a glob pattern before its first wildcard: ``data/**/*.jpg`` -> ``data``."""
+    path = Path(pattern)
+    while is_glob(str(path)) and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _default_id(pattern: str) -> str:
     path = Path(pattern)
     if path.is_file():
         return path.stem
-    while is_glob(str(path)) and path != path.parent:
-        path = path.parent
-    return path.resolve().name or "images"
+    return _glob_root(pattern).resolve().name or "images"
 
 
 def is_image_input(uri: str) -> bool:
