@@ -162,16 +162,12 @@ def check_onnx(
     limits: Limits = Limits(),
 ) -> ParityReport:
     """Compare ``model_path`` run by ONNX Runtime with the torch backend on ``frames``."""
-    import onnx
-
-    from streamseg.export.onnx_export import read_metadata
+    from streamseg.export.onnx_export import load_onnx, read_metadata
     from streamseg.models.onnx_backend import OnnxMaskRCNN
     from streamseg.models.torch_maskrcnn import TorchMaskRCNN
 
     path = Path(model_path)
-    if not path.is_file():
-        raise WeightsError(f"ONNX model not found: {path}")
-    meta = read_metadata(onnx.load(str(path), load_external_data=False), str(path))
+    meta = read_metadata(load_onnx(path, load_external_data=False), str(path))
     common = dict(
         score_threshold=score_threshold, min_size=min_size or meta["size"]["min_size"],
         max_size=max(meta["size"]["max_size"], min_size or 0), rpn_post_nms_top_n=meta["rpn"]["post_nms_top_n"],

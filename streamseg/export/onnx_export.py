@@ -35,13 +35,15 @@ from typing import Sequence
 
 import onnx
 import torch
+from google.protobuf.message import DecodeError
 from torch import nn
 from torchvision.ops import roi_align
 
 from streamseg import __version__
-from streamseg.errors import ConfigError, StreamsegError
+from streamseg.errors import ConfigError, StreamsegError, WeightsError
 from streamseg.models.backend import ModelOptions
 from streamseg.models.torch_maskrcnn import TorchMaskRCNN
+from streamseg.models.weights import file_kind
 from streamseg.ops.roi_align import (
     DOMAIN, OP_TYPE, POOL_AVG, TORCH_OP, level_of, multi_level_roi_align,  # noqa: F401 (registers the torch op)
 )
@@ -203,6 +205,41 @@ def _rpn_outputs(levels: int) -> list[str]:
     return [f"objectness_{i}" for i in range(levels)] + [f"rpn_deltas_{i}" for i in range(levels)]
 
 
+def load_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
+    """``onnx.load`` whose errors are one line naming the file: missing, or not an ONNX model (a PyTorch
+    checkpoint, a text file, a truncated export), instead of protobuf's traceback."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"ONNX model not found: {path}")
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except DecodeError as err:
+        kind = file_kind(path)
+        checkpoint = f"a PyTorch checkpoint? export it with 'streamseg export onnx --weights {path}'"
+        hint = {"zip": checkpoint, "pickle": checkpoint, "text file": "text file?",
+                "onnx": "truncated or damaged"}.get(kind, kind)
+        raise WeightsError(f"{path}: not an ONNX model ({hint})") from err
+
+
+def prepare_output(path: str | Path) -> Path:
+    """Make sure the file ``path`` can be written (creating its folder), else a one-line error naming what is in
+    the way: checked before the export's minutes of work, not after them."""
+    path = Path(path)
+    blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"cannot write {path}: {blocker} is a file, not a folder")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):  # appending creates or keeps, never truncates
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err.strerror or err}") from err
+    if not existed:
+        path.unlink()
+    return path
+
+
 def read_metadata(model: onnx.ModelProto, origin: str = "model") -> dict:
     props = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in props:
@@ -268,12 +305,11 @@ def export_onnx(
         raise ConfigError(f"--roi-align: expected one of {', '.join(FLAVOURS)}, got {flavour!r}")
     if not MIN_OPSET <= opset <= 20:
         raise ConfigError(f"--opset: expected {MIN_OPSET}..20, got {opset}")
+    output = prepare_output(output)
     backend = backend or TorchMaskRCNN(ModelOptions(**{**options.__dict__, "device": "cpu", "fp16": False}))
     staged = StagedMaskRCNN(backend.model, flavour).eval()
     if flavour == "fused":
         _register_symbolic(opset)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     size = backend.model.transform.size_divisible * 8
     images = torch.rand(1, 3, size, size + 64)
     box_rois = torch.tensor([[0, 4, 6, 60, 50], [0, 10, 10, 200, 180], [0, 0, 0, 31, 17]], dtype=torch.float32)

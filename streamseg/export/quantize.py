@@ -20,8 +20,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from streamseg.errors import ConfigError, WeightsError
-from streamseg.export.onnx_export import METADATA_KEY, read_metadata
+from streamseg.errors import ConfigError
+from streamseg.export.onnx_export import METADATA_KEY, load_onnx, prepare_output, read_metadata
 from streamseg.export.ort_ops import expand_fused
 from streamseg.models.backend import ModelOptions
 
@@ -51,12 +51,10 @@ def quantize_onnx(source: str | Path, output: str | Path, video: str, frames: in
 
     from streamseg.models.onnx_backend import OnnxMaskRCNN
 
-    source, output = Path(source), Path(output)
-    if not source.is_file():
-        raise WeightsError(f"ONNX model not found: {source}")
+    source = Path(source)
     if frames < 1:
         raise ConfigError(f"--calibration-frames must be >= 1, got {frames}")
-    model = onnx.load(str(source))
+    model = load_onnx(source)
     meta = read_metadata(model, str(source))
     if meta.get("quantization"):
         raise ConfigError(f"{source} is already quantized")
@@ -64,6 +62,7 @@ def quantize_onnx(source: str | Path, output: str | Path, video: str, frames: in
     io = meta["stages"]["rpn"]
     rpn = Extractor(model).extract_model(io["inputs"], io["outputs"])
     transform, _, _ = OnnxMaskRCNN._host_stages(meta, ModelOptions())
+    output = prepare_output(output)
     pictures = calibration_frames(video, frames)
 
     class Frames(CalibrationDataReader):
@@ -79,7 +78,6 @@ def quantize_onnx(source: str | Path, output: str | Path, video: str, frames: in
                 batch, _ = transform([image])
             return {"images": batch.tensors.numpy()}
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     staged = output.with_suffix(".rpn-float.onnx")
     quantized = output.with_suffix(".rpn-int8.onnx")
     onnx.save(rpn, str(staged))

@@ -263,14 +263,10 @@ def stage_profiles(meta: dict, settings: BuildSettings, channels: int) -> dict[s
 
 def load_fused_onnx(path: str | Path):
     """The ONNX model and its streamseg metadata; refuses files that are not fused-flavour streamseg exports."""
-    import onnx
-
-    from streamseg.export.onnx_export import read_metadata
+    from streamseg.export.onnx_export import load_onnx, read_metadata
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"ONNX model not found: {path}")
-    model = onnx.load(str(path))
+    model = load_onnx(path)
     meta = read_metadata(model, str(path))
     if meta.get("flavour") != "fused":
         raise ConfigError(f"{path}: exported with the {meta.get('flavour')!r} RoIAlign; TensorRT engines use the "

@@ -16,7 +16,8 @@ class ModelOptions:
     """How to build and run a detector. Every field has a default that works offline on a CPU."""
 
     arch: str = "auto"
-    """Architecture name (see ``streamseg.models.ARCHITECTURES``) or "auto" to read it from the checkpoint."""
+    """Architecture name (see ``streamseg.models.ARCHITECTURES``), alias (demo, v1, v2) or "auto": the checkpoint's
+    own (recorded by ``save_checkpoint``, else told by its state-dict keys)."""
     weights: str | None = None
     """Checkpoint path, ``random[:SEED]`` for an untrained seeded model, or None: the shipped demo model for
     arch "auto", the usual places (``$STREAMSEG_WEIGHTS``, torch hub cache, download) for a named architecture."""
@@ -72,12 +73,18 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def class_filter(classes: Sequence[str], class_names: Sequence[str]) -> np.ndarray | None:
+def no_cuda_device(device: str) -> ConfigError:
+    """The one-line error of every backend asked for a GPU ``device`` on a machine without one."""
+    return ConfigError(f"model.device: {device!r} requested but no CUDA device is available")
+
+
+def class_filter(classes: Sequence[str], class_names: Sequence[str], origin: str) -> np.ndarray | None:
     """Label indices of ``classes`` in a model's ``class_names`` (None: keep every class); unknown names are a
-    :class:`ConfigError` that lists what the model knows."""
+    :class:`ConfigError` that names the model (``origin``: its weights) and lists what it knows."""
     if not classes:
         return None
     unknown = [c for c in classes if c not in class_names]
     if unknown:
-        raise ConfigError(f"model.classes: unknown class names {unknown} (model knows {list(class_names)})")
+        known = [c for c in class_names if c not in ("__background__", "N/A")]  # placeholders, not classes
+        raise ConfigError(f"model.classes: unknown class names {unknown} for the model {origin} (it knows {known})")
     return np.array([list(class_names).index(c) for c in classes], dtype=np.int64)

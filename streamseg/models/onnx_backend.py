@@ -8,11 +8,13 @@ the torch backend runs, so both backends post-process identically. Pre-processin
 GeneralizedRCNNTransform, built from the normalization and size policy in the file's metadata.
 
 Providers are tried in the order TensorRT, CUDA, CPU for ``device="cuda"`` and CPU alone for ``device="cpu"``; one
-log line says which one runs.
+log line says which one runs. A GPU device that no GPU provider can serve is an error, as in the torch backend.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 import time
@@ -26,8 +28,8 @@ from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-from streamseg.errors import ConfigError, WeightsError
-from streamseg.models.backend import ModelOptions, class_filter
+from streamseg.errors import ConfigError
+from streamseg.models.backend import ModelOptions, class_filter, no_cuda_device
 from streamseg.models.torch_maskrcnn import to_detections
 from streamseg.types import Detections, Frame
 
@@ -80,6 +82,47 @@ def providers_for(device: str) -> list:
     return chosen
 
 
+def _probe_model() -> bytes:
+    """A one-node graph: the cheapest session that still loads the providers asked for."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def starting_providers(device: str) -> list:
+    """The providers for ``device`` that do start here; for a GPU device, the torch backend's one-line error when no
+    GPU provider does.
+
+    onnxruntime-gpu lists its CUDA and TensorRT providers whether or not a GPU and their libraries are there; a
+    session that cannot load them prints ~30 lines of errors and runs on the CPU. So a one-node session tries them
+    first, with ORT's logging and its fallback printout silenced, and the model's sessions get only the providers
+    that started."""
+    ort = _require_onnxruntime()
+    chosen = providers_for(device)
+    if device == "cpu":
+        return chosen
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    ort.set_default_logger_severity(4)  # failed provider libraries log errors (severity 3) on ORT's default logger
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints its "EP Error ... Falling back" box
+            started = set(ort.InferenceSession(_probe_model(), options, providers=chosen).get_providers())
+    finally:
+        ort.set_default_logger_severity(2)  # ORT's default (there is no getter to restore from)
+    working = [p for p in chosen if (p[0] if isinstance(p, tuple) else p) in started]
+    if working == ["CPUExecutionProvider"]:
+        if not torch.cuda.is_available():
+            raise no_cuda_device(device)
+        raise ConfigError(f"model.device: {device!r} requested but ONNX Runtime {ort.__version__} could not start "
+                          "its CUDA provider (it needs the CUDA and cuDNN versions it was built for)")
+    return working
+
+
 class OnnxMaskRCNN:
     """ONNX Runtime Mask R-CNN.
 
@@ -98,18 +141,17 @@ class OnnxMaskRCNN:
         from onnx.utils import Extractor
 
         from streamseg.export import ort_ops
-        from streamseg.export.onnx_export import read_metadata, export_onnx
+        from streamseg.export.onnx_export import export_onnx, load_onnx, read_metadata
 
         ort = _require_onnxruntime()
         if options.fp16:
             raise ConfigError("model.fp16: the onnx backend runs the exported float32 graph (export for fp16 engines "
                               "goes through TensorRT)")
         self.options = options
+        providers = starting_providers(options.device)  # before the export: a missing GPU fails in a second
         path = Path(options.weights) if options.weights and options.weights.endswith(".onnx") else None
         if path is not None:
-            if not path.is_file():
-                raise WeightsError(f"ONNX model not found: {path}")
-            model = onnx.load(str(path))
+            model = load_onnx(path)
             self.origin = str(path)
         else:
             with tempfile.TemporaryDirectory(prefix="streamseg-onnx-") as tmp:
@@ -122,11 +164,10 @@ class OnnxMaskRCNN:
         self.flavour = meta["flavour"]
         self.paste_shift = float(meta["paste_shift"])
         self.paste_mode = meta.get("paste_mode", "torchvision")  # files exported before subpixel paste existed
-        self.keep_labels = class_filter(options.classes, self.class_names)
+        self.keep_labels = class_filter(options.classes, self.class_names, self.origin)
         self.transform, self.rpn, self.heads = self._host_stages(meta, options)
 
         so = session_options or default_session_options()
-        providers = providers_for(options.device)
         # ORT has no kernel for the fused op: expand it into standard ops (see streamseg.export.ort_ops for why)
         extractor = Extractor(ort_ops.expand_fused(model))
         self.sessions = {}
@@ -136,8 +177,8 @@ class OnnxMaskRCNN:
             self.sessions[stage] = ort.InferenceSession(sub.SerializeToString(), so, providers=providers)
         running = self.sessions["rpn"].get_providers()[0]
         log.info("onnx backend: %s on %s (%s RoIAlign)", meta["arch"], running, self.flavour)
-        if options.device != "cpu" and running == "CPUExecutionProvider":
-            log.warning("onnx backend: %s requested but no GPU provider could start; running on CPU", options.device)
+        if options.device != "cpu" and running == "CPUExecutionProvider":  # the probe's fallback tried cuda:0 only
+            raise no_cuda_device(options.device)
         self.provider = running
         self.rpn_outputs = meta["stages"]["rpn"]["outputs"]
         self.stage_seconds: dict[str, float] = {}

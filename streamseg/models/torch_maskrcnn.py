@@ -9,12 +9,13 @@ worth two points of mask AP on its small objects.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from torchvision.models.detection import (
 from torchvision.models.detection.transform import resize_boxes
 
 from streamseg.errors import ConfigError, WeightsError
-from streamseg.models.backend import ModelOptions, class_filter
+from streamseg.models.backend import ModelOptions, class_filter, no_cuda_device
 from streamseg.models.demo import DEMO_ARCH, DEMO_WEIGHTS, build_demo_maskrcnn
 from streamseg.models.weights import ENV_WEIGHTS, Checkpoint, find_weights, load_checkpoint
 from streamseg.types import Detections, Frame, InstanceMasks
@@ -44,8 +45,6 @@ class Architecture:
     build: Callable[..., torch.nn.Module]
     """``build(num_classes=..., **torchvision_kwargs)`` returns an untrained model."""
     coco_url: str | None
-    signature: str | None
-    """A state-dict key only this architecture has; how "auto" tells bare checkpoints apart."""
     paste_shift: float = 0.0
     """Model-input pixels to move each box by before pasting its mask. torchvision trains the mask head on targets
     cut with ``roi_align(aligned=False)``, which samples half a pixel right of and below the box in continuous
@@ -69,34 +68,59 @@ ARCHITECTURES: dict[str, Architecture] = {
     for a in (
         Architecture(
             "maskrcnn_resnet50_fpn", _torchvision_builder(maskrcnn_resnet50_fpn),
-            MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url, "roi_heads.box_head.fc6.weight",
+            MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url,
         ),
         Architecture(
             "maskrcnn_resnet50_fpn_v2", _torchvision_builder(maskrcnn_resnet50_fpn_v2),
-            MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1.url, "roi_heads.box_head.0.0.weight",
+            MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1.url,
         ),
-        Architecture(DEMO_ARCH, build_demo_maskrcnn, None, None, paste_shift=0.5, paste_mode="subpixel"),  # its checkpoints always record their arch
+        Architecture(DEMO_ARCH, build_demo_maskrcnn, None, paste_shift=0.5, paste_mode="subpixel"),
     )
 }
 ALIASES = {"v1": "maskrcnn_resnet50_fpn", "v2": "maskrcnn_resnet50_fpn_v2", "demo": DEMO_ARCH}
+SHORT_NAMES = {name: alias for alias, name in ALIASES.items()}
+
+
+@functools.cache
+def _state_dict_keys(arch: Architecture) -> frozenset[str]:
+    """The keys of ``arch``'s state dict (the same for every number of classes); built on the meta device: ~0.1 s."""
+    with torch.device("meta"):
+        return frozenset(arch.build(num_classes=2).state_dict())
+
+
+def checkpoint_arch(checkpoint: Checkpoint) -> Architecture | None:
+    """The architecture ``checkpoint`` records, else the one whose state-dict keys it has exactly (the three
+    architectures differ in their keys: ResNet-10 vs ResNet-50 blocks, v2's normalized FPN and heads), else None."""
+    if checkpoint.arch:
+        recorded = ARCHITECTURES.get(ALIASES.get(checkpoint.arch, checkpoint.arch))
+        if recorded is None:
+            raise WeightsError(f"{checkpoint.origin}: records architecture {checkpoint.arch!r}, which this streamseg "
+                               f"does not know (known: {', '.join(ARCHITECTURES)})")
+        return recorded
+    keys = set(checkpoint.state_dict)
+    return next((a for a in ARCHITECTURES.values() if _state_dict_keys(a) == keys), None)
 
 
 def resolve_arch(name: str, checkpoint: Checkpoint | None = None) -> Architecture:
-    """Map a name, an alias or "auto" (the checkpoint's recorded arch, else its key signature) to an architecture."""
+    """Map a name, an alias or "auto" to an architecture. With a checkpoint, "auto" is the checkpoint's own
+    architecture (:func:`checkpoint_arch`), and a named architecture the checkpoint is not is an error that says
+    which one it is."""
     name = ALIASES.get(name, name)
-    if name == "auto":
-        if checkpoint is None:
-            return ARCHITECTURES[DEMO_ARCH]
-        if checkpoint.arch:
-            name = checkpoint.arch
-        else:
-            for arch in ARCHITECTURES.values():
-                if arch.signature and arch.signature in checkpoint.state_dict:
-                    return arch
-            raise WeightsError(f"{checkpoint.origin}: cannot tell its architecture; pass --arch")
-    if name not in ARCHITECTURES:
+    if name != "auto" and name not in ARCHITECTURES:
         known = ", ".join(sorted([*ARCHITECTURES, *ALIASES]))
         raise ConfigError(f"model.arch: unknown architecture {name!r} (known: auto, {known})")
+    if checkpoint is None:
+        return ARCHITECTURES[DEMO_ARCH if name == "auto" else name]
+    found = checkpoint_arch(checkpoint)
+    if name == "auto":
+        if found is None:
+            raise WeightsError(f"{checkpoint.origin}: cannot tell its architecture (its keys fit none of "
+                               f"{', '.join(SHORT_NAMES.values())}); pass --arch")
+        return found
+    if found is not None and found.name != name:
+        have, want = SHORT_NAMES[found.name], SHORT_NAMES[name]
+        raise WeightsError(f"{checkpoint.origin} is a {have} checkpoint, not {want} (it does not fit {name}): "
+                           f"use --arch {have}")
     return ARCHITECTURES[name]
 
 
@@ -122,6 +146,17 @@ def obtain_checkpoint(options: ModelOptions) -> Checkpoint:
     return load_checkpoint(find_weights(options.weights, options.arch, url))
 
 
+def _misfit(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
+    """One line on how ``given`` differs from the ``expected`` state dict: counts, and the first key of each kind."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    resized = [k for k in expected if k in given and tuple(expected[k].shape) != tuple(given[k].shape)]
+    parts = [f"{len(keys)} {what} (first: {keys[0]})"
+             for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                ("keys of another shape", resized)) if keys]
+    return ", ".join(parts)
+
+
 class TorchMaskRCNN:
     """A torchvision Mask R-CNN behind the :class:`~streamseg.models.backend.Backend` interface.
 
@@ -144,7 +179,7 @@ class TorchMaskRCNN:
             raise WeightsError(
                 f"{checkpoint.origin}: {len(self.class_names)} class names for {num_classes} classes"
             )
-        self.keep_labels = class_filter(options.classes, self.class_names)
+        self.keep_labels = class_filter(options.classes, self.class_names, checkpoint.origin)
         sizes = {
             "min_size": options.min_size,
             "max_size": options.max_size,
@@ -158,12 +193,12 @@ class TorchMaskRCNN:
         )
         try:
             model.load_state_dict(checkpoint.state_dict)
-        except RuntimeError as err:
-            summary = str(err).splitlines()[0] if str(err) else "mismatch"
-            raise WeightsError(f"{checkpoint.origin} does not fit {self.arch.name}: {summary}") from err
+        except RuntimeError as err:  # torch's message is one line per key
+            raise WeightsError(f"{checkpoint.origin} does not fit {self.arch.name}: "
+                               f"{_misfit(model.state_dict(), checkpoint.state_dict)}") from err
         self.device = torch.device(options.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("model.device: 'cuda' requested but no CUDA device is available")
+            raise no_cuda_device(options.device)
         self.model = model.eval().to(self.device)
         self.origin = checkpoint.origin
 

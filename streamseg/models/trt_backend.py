@@ -189,7 +189,7 @@ class TensorRTMaskRCNN(OnnxMaskRCNN):
         self.flavour = meta["flavour"]
         self.paste_shift = float(meta["paste_shift"])
         self.paste_mode = meta.get("paste_mode", "torchvision")
-        self.keep_labels = class_filter(options.classes, self.class_names)
+        self.keep_labels = class_filter(options.classes, self.class_names, self.origin)
         self.transform, self.rpn, self.heads = self._host_stages(meta, options)
         self.rpn_outputs = meta["stages"]["rpn"]["outputs"]
         self.stage_seconds: dict[str, float] = {}

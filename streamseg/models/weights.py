@@ -9,6 +9,7 @@ never code.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,11 +63,19 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    kind = file_kind(path)
+    if kind not in ("zip", "pickle"):  # torch.save writes one of these; torch.load's own error would be a byte value
+        hint = {"onnx": "an ONNX model: use --backend onnx", "text file": "text file?"}.get(kind, kind)
+        raise WeightsError(f"cannot read weights {path}: not a PyTorch checkpoint ({hint})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for bad files (pickle, zip, unsafe globals)
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"cannot read weights {path}: {first_line}") from err
+    except Exception as err:  # torch raises many types (UnpicklingError, EOFError, RuntimeError from zip reading)
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused:  # weights_only=True met a Python object that is not a tensor or container
+            raise WeightsError(f"cannot read weights {path}: it holds Python objects that torch.load(weights_only="
+                               f"True) refuses ({refused.group(1)})") from err
+        raise WeightsError(f"cannot read weights {path}: damaged or truncated PyTorch checkpoint "
+                           f"({kind} format)") from err
     if not isinstance(payload, Mapping):
         raise WeightsError(f"cannot read weights {path}: expected a state dict, got {type(payload).__name__}")
     if payload.get("format") == CHECKPOINT_FORMAT:
@@ -78,6 +87,24 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if isinstance(payload.get(key), Mapping):
             return Checkpoint(payload[key], origin=str(path))
     return Checkpoint(payload, origin=str(path))
+
+
+def file_kind(path: Path) -> str:
+    """What a model file is by its first bytes, for error messages: "zip" (torch.save), "pickle" (torch.save's
+    legacy format), "onnx" (an ONNX protobuf from torch.onnx or streamseg), "empty file", "text file" or
+    "binary file"."""
+    with path.open("rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":  # pickle protocol 2+ opcode
+        return "pickle"
+    if len(head) > 2 and head[0] == 0x08 and 3 <= head[1] <= 15 and head[2] == 0x12:  # ir_version, producer_name
+        return "onnx"
+    if not head:
+        return "empty file"
+    text = head.decode("utf-8", errors="replace")
+    return "text file" if "\0" not in text and text.count("\ufffd") <= 1 else "binary file"  # 1: a character cut
 
 
 def hub_cache_path(url: str) -> Path:
