@@ -600,9 +600,11 @@ def test_tracker_state_is_per_stream(clips, tmp_path):
     for sid in ("c1", "c2"):
         records = [json.loads(line) for line in (tmp_path / f"{sid}.detections.jsonl").read_text().splitlines()]
         ids = [d["track_id"] for r in records for d in r["detections"]]
+        # live: every detection is written; the first one's track is not confirmed yet (min_hits 2), so null
+        assert ids and ids[0] is None, (sid, ids[:10])
         # each stream's own tracker numbers its block's track 1; one tracker shared by the two cameras would give
         # the two blocks (different sizes and places) different ids
-        assert ids and ids[0] == 1, (sid, ids[:10])
+        assert [i for i in ids if i is not None][0] == 1, (sid, ids[:10])
         assert all(r["source"] == sid for r in records)
 
 
