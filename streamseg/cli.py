@@ -190,7 +190,7 @@ def config_from_args(args: argparse.Namespace):
     overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items() if getattr(args, flag, None) is not None}
     if args.sources:
         overrides["sources"] = list(args.sources)
-    if args.weights is not None and args.arch is None and not args.weights.startswith("random"):
+    if args.weights is not None and args.arch is None and args.weights.split(":")[0] != "random":
         overrides["model.arch"] = "auto"  # --weights alone: the checkpoint's architecture, not the pipeline file's
     if args.pipeline is not None:
         return load_pipeline(args.pipeline, overrides)
