@@ -6,6 +6,9 @@ exit) and the builtin it refines (so callers that catch ``ValueError`` or ``OSEr
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class StreamsegError(Exception):
     """Base of every error streamseg raises on purpose. ``str(err)`` is a complete one-line message."""
@@ -17,6 +20,28 @@ class ConfigError(StreamsegError, ValueError):
 
 class SourceError(StreamsegError, OSError):
     """A source cannot be opened or read: missing file, not a video, empty folder, broken stream."""
+
+
+class OutputError(StreamsegError, OSError):
+    """An output cannot be written: disk full, a quota or file-size limit reached, no permission, not a folder."""
+
+
+_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the size limit of the process or the file system",
+    errno.EACCES: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.EEXIST: "a file of that name is in the way",
+    errno.ENOTDIR: "part of the path is a file, not a folder",
+}
+
+
+def output_error(path: str | os.PathLike, err: OSError, detail: str = "", action: str = "write") -> OutputError:
+    """The one line for ``err`` met writing ``path``: the file, the reason in words, and ``detail`` (what the file
+    holds now)."""
+    reason = _REASONS.get(err.errno) or " ".join((err.strerror or str(err)).split())
+    return OutputError(f"cannot {action} {path}: {reason}{detail}")
 
 
 class WeightsError(StreamsegError, FileNotFoundError):

@@ -10,19 +10,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import av
 import cv2
+import numpy as np
 import pytest
 
-from streamseg.errors import StageError, SourceError
+from streamseg.errors import OutputError, SourceError, StageError
 from streamseg.graph import Node, Pipeline
-from streamseg.sinks import read_detections_jsonl
-from streamseg.tracking import read_mot
+from streamseg.sinks import DetectionsJsonlSink, SummarySink, read_detections_jsonl
+from streamseg.tracking import MotRows, read_mot, write_mot
+from streamseg.types import Detections, Frame, FrameResult, SourceInfo
 
 STREAMSEG = [sys.executable, "-m", "streamseg.cli"]
 CLIP = "traffic/car-detection.mp4"  # 377 frames, 768x432
@@ -76,6 +77,53 @@ def faststart_cut(source: Path, folder: Path, fraction: float) -> Path:
     data = full.read_bytes()
     cut.write_bytes(data[: int(len(data) * fraction)])
     return cut
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A real 2 MB file system (tmpfs) mounted for the test; skipped where this process may not mount one."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: cannot make a small file system")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)  # even with a file left open
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill ``disk`` up to ``leave`` free bytes (tmpfs counts whole 4 KiB pages)."""
+    with open(disk / "filler", "wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(bytes(1 << 16))
+        except OSError:
+            pass
+        file.truncate(file.tell() - leave)
+
+
+def run_outputs_readable(out: Path, line: str) -> tuple[int, list[dict]]:
+    """Everything a failed run left in ``out`` is readable: the video plays (and holds what the error says), every
+    JSONL line parses, the tracks file and summary (where they fit) are whole; nothing else is there."""
+    video = out / "car-detection.mp4"
+    frames = decoded_frames(video)
+    assert frames >= 1
+    if ".mp4:" in line:
+        assert f"the video holds the {frames} frames that fit" in line
+    records = jsonl_records(out / "car-detection.detections.jsonl")
+    assert len(records) >= 1 and [r["frame"] for r in records] == list(range(len(records)))
+    tracks, summary = out / "car-detection.tracks.txt", out / "car-detection.summary.png"
+    if tracks.exists():
+        read_mot(tracks)
+    if summary.exists():
+        assert cv2.imread(str(summary)) is not None
+    assert {p.name for p in out.iterdir()} <= {video.name, "car-detection.detections.jsonl", tracks.name, summary.name}
+    return frames, records
 
 
 # ---------------------------------------------------------------- 6. truncated input
@@ -133,3 +181,98 @@ def test_sink_failure_stops_the_source_early():
     with pytest.raises(StageError, match="disk on fire"):
         Pipeline([Node("source", source), Node("sink", sink)]).run()
     assert len(produced) < 100
+
+
+# ---------------------------------------------------------------- 7. full disk, file-size limit
+
+
+def test_full_disk_one_line_and_every_output_readable(videos, small_disk):
+    out = small_disk / "out"
+    proc = streamseg("run", videos / CLIP, "-o", out, *NO_MODEL, "--crf", "10", "--track")  # ~6 MB of video
+    line = one_error_line(proc, "no space left on the device")
+    assert str(out / "car-detection.mp4") in line or str(out / "car-detection.detections.jsonl") in line, line
+    run_outputs_readable(out, line)
+
+
+def test_file_size_limit_one_line_and_every_output_readable(videos, tmp_path):
+    limit = 1_000_000
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+
+    out = tmp_path / "out"
+    proc = streamseg("run", videos / CLIP, "-o", out, *NO_MODEL, "--crf", "10", "--track",
+                     preexec_fn=limit_file_size)
+    line = one_error_line(proc, f"{out / 'car-detection.mp4'}: file too large")
+    frames, records = run_outputs_readable(out, line)
+    assert (out / "car-detection.mp4").stat().st_size <= limit
+    assert frames <= len(records) < 377
+
+
+def frame_result(index: int) -> FrameResult:
+    image = np.zeros((48, 64, 3), np.uint8)
+    boxes = np.tile([[1.0, 2.0, 30.0, 40.0]], (20, 1))  # about 1 KB of JSON per line
+    dets = Detections(boxes, np.full(20, 0.9), np.ones(20, int), ("__background__", "person"))
+    return FrameResult(Frame(image, "clip", index, index / 25), dets)
+
+
+def test_text_outputs_on_a_full_disk_end_whole_or_are_removed(small_disk):
+    info = SourceInfo("clip", "clip.mp4", 64, 48)
+    jsonl = small_disk / "clip.detections.jsonl"
+    sink = DetectionsJsonlSink(jsonl, info)
+    sink.write(frame_result(0))
+    fill(small_disk, leave=8192)
+    with pytest.raises(OutputError, match=f"cannot write {jsonl}: no space left on the device; it ends with"):
+        for index in range(1, 100):
+            sink.write(frame_result(index))
+    sink.close()
+    assert 2 <= len(jsonl_records(jsonl)) < 100  # the line that did not fit was cut off again
+
+    tracks = small_disk / "clip.tracks.txt"
+    rows = MotRows.concatenate(MotRows.from_detections(i, frame_result(i).detections.with_track_ids(np.arange(20)))
+                               for i in range(1, 2000))
+    with pytest.raises(OutputError, match=f"cannot write {tracks}: no space left"):
+        write_mot(tracks, rows)
+    assert not tracks.exists()  # not left cut short
+
+    summary_path = small_disk / "clip.summary.png"
+    summary = SummarySink(summary_path, info)
+    summary.write(frame_result(0))
+    fill(small_disk, leave=0)
+    with pytest.raises(OutputError, match=f"cannot write {summary_path}: no space left"):
+        summary.close()
+    assert not summary_path.exists()
+
+
+# ---------------------------------------------------------------- 8. one line instead of a traceback
+
+
+def test_output_folder_that_is_a_file(videos, tmp_path):
+    taken = tmp_path / "results"
+    taken.write_text("keep me")
+    proc = streamseg("run", videos / "edge_cases/fire2.mp4", "-o", taken, *NO_MODEL)
+    one_error_line(proc, f"cannot create the output folder {taken}: a file of that name is in the way")
+    assert taken.read_text() == "keep me"
+
+
+def test_output_folder_without_write_permission(videos, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    command = [*STREAMSEG, "run", str(videos / "edge_cases/fire2.mp4"), "-o", str(locked), *NO_MODEL]
+    if os.geteuid() == 0:  # root writes anywhere: run without the capability that lets it
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop CAP_DAC_OVERRIDE")
+        command = ["setpriv", "--inh-caps=-dac_override", "--bounding-set=-dac_override", *command]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    one_error_line(proc, f"cannot write {locked / 'fire2.mp4'}: permission denied")
+    assert list(locked.iterdir()) == []
+
+
+def test_bad_preset_fails_before_any_output(videos, tmp_path):
+    out = tmp_path / "out"
+    proc = streamseg("run", videos / "edge_cases/fire2.mp4", "-o", out, "--backend", "none", "--no-progress",
+                     "--preset", "ludicrous")
+    one_error_line(proc, "preset 'ludicrous'", "ultrafast")
+    assert not out.exists() or list(out.iterdir()) == []

@@ -1,7 +1,8 @@
 """Events as JSON Lines: one UTF-8 JSON object per event, in the order the events stage emitted them.
 
 Each line is written with a single ``write`` and flushed, so a live consumer (``tail -f``) sees an event as soon as
-it happens and an interrupted run leaves only complete lines (:func:`read_events_jsonl` skips a torn last line).
+it happens and an interrupted run leaves only complete lines (:func:`read_events_jsonl` skips a torn last line);
+a line that does not fit on a full disk is cut off again (:class:`~streamseg.sinks.base.LineFile`).
 A run without events leaves an empty file.
 
 Schema ``streamseg.events/1`` (a new version string is issued for any change that breaks readers; new optional
@@ -43,7 +44,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from streamseg.sinks.base import Sink
+from streamseg.sinks.base import LineFile, Sink
 from streamseg.sinks.jsonl import read_jsonl
 from streamseg.types import Event, FrameResult, SourceInfo
 
@@ -79,7 +80,7 @@ class EventsJsonlSink(Sink):
     def __init__(self, path: str | os.PathLike, info: SourceInfo):
         self.path = Path(path)
         self.info = info
-        self._file = open(self.path, "w", encoding="utf-8", newline="\n")
+        self._file = LineFile(self.path)
         self.events_written = 0
 
     def write(self, result: FrameResult) -> None:
@@ -88,7 +89,6 @@ class EventsJsonlSink(Sink):
         for event in result.events:
             line = json.dumps(event_record(event), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
             self._file.write(line + "\n")
-            self._file.flush()
             self.events_written += 1
 
     def close(self) -> None:

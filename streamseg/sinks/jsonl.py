@@ -1,7 +1,8 @@
 """Detections as JSON Lines: one UTF-8 JSON object per frame, one frame per line, in stream order.
 
 Each line is written with a single ``write`` and flushed, so an interrupted run leaves only complete lines
-(:func:`read_detections_jsonl` skips a torn last line, with a warning, should the process die mid-write).
+(:func:`read_detections_jsonl` skips a torn last line, with a warning, should the process die mid-write); a line
+that does not fit on a full disk is cut off again (:class:`~streamseg.sinks.base.LineFile`).
 
 Schema ``streamseg.detections/1`` (a new version string is issued for any change that breaks readers; new
 optional fields may be added within a version):
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from streamseg.ops.masks import masks_to_rle
-from streamseg.sinks.base import Sink
+from streamseg.sinks.base import LineFile, Sink
 from streamseg.types import UNTRACKED, FrameResult, SourceInfo
 
 __all__ = ["DetectionsJsonlSink", "read_detections_jsonl", "SCHEMA"]
@@ -60,7 +61,7 @@ class DetectionsJsonlSink(Sink):
         self.path = Path(path)
         self.info = info
         self.files = files
-        self._file = open(self.path, "w", encoding="utf-8", newline="\n")
+        self._file = LineFile(self.path)
         self.frames_written = 0
 
     def write(self, result: FrameResult) -> None:
@@ -69,7 +70,6 @@ class DetectionsJsonlSink(Sink):
         file = None if self.files is None else self.files[result.frame.index]
         line = json.dumps(frame_record(result, file), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         self._file.write(line + "\n")
-        self._file.flush()
         self.frames_written += 1
 
     def close(self) -> None:

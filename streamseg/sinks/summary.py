@@ -27,6 +27,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from streamseg.errors import output_error
 from streamseg.sinks.annotate import DEFAULT_PALETTE
 from streamseg.sinks.base import Sink
 from streamseg.types import FrameResult, SourceInfo
@@ -101,12 +102,16 @@ class SummarySink(Sink):
                 self._warnings += 1
 
     def close(self) -> None:
+        """Draw and write the PNG; one that does not fit (disk full) is removed and raises OutputError."""
         if self._closed:
             return
         self._closed = True
-        image = self.render()
-        if not cv2.imwrite(str(self.path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"SummarySink: could not write {self.path}")
+        _, png = cv2.imencode(".png", cv2.cvtColor(self.render(), cv2.COLOR_RGB2BGR))
+        try:
+            self.path.write_bytes(png.tobytes())
+        except OSError as err:
+            self.path.unlink(missing_ok=True)
+            raise output_error(self.path, err, "; the summary was not written") from err
 
     def _halve(self) -> None:
         """Merge neighbouring points pairwise (the first one's time, each count's larger value)."""

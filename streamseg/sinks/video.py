@@ -17,11 +17,22 @@ Size: the first frame's size, padded by edge replication to even width and heigh
 later frames of another size (image folders) are resized to the first frame's size, aspect ratio not kept.
 
 A run with zero frames leaves NO file: an MP4 without a video stream is not playable.
+
+A full disk leaves a playable file with the frames that fit. FFmpeg cannot recover from a failed write (it never
+writes the index, and an MP4 without its index does not play), so the sink holds room back for the index in a
+spare file on the same file system. The first write that finds the disk full gives the spare up and completes in
+its room; no frame is added after it, the file is finished at once (before other outputs take the room), and
+``write`` raises :class:`~streamseg.errors.OutputError` saying how many frames the file holds. The file-size limit
+of the process (``ulimit -f``) is kept the same way. A file that cannot be finished (a write error no room cures)
+is removed, and the error says so. Encoder options are checked when the sink is made, before any file is created.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,11 +40,22 @@ import av
 import cv2
 import numpy as np
 
+from streamseg.errors import ConfigError, output_error
 from streamseg.sinks.annotate import Annotator
 from streamseg.sinks.base import Sink
 from streamseg.types import Frame, FrameResult, SourceInfo
 
 __all__ = ["VideoSink"]
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+BUFFER = 32768
+"""Bytes FFmpeg collects before it writes them to the file."""
+SPARE_BYTES = 4 * BUFFER
+"""Room held back for the end of the file: the write that found the disk full, FFmpeg's buffer, the index's fixed
+part (about 1 KB)."""
+SPARE_PER_FRAME = 16
+"""Index bytes per frame held back on top (sample size, chunk offset, sync and time entries; about 5 measured)."""
 
 
 class VideoSink(Sink):
@@ -67,7 +89,10 @@ class VideoSink(Sink):
         """Stream rate written to the container (``info.fps``, else ``default_fps``)."""
         self._codec = codec
         self._options = {"preset": str(preset), "crf": str(int(crf)), "bf": "0"}
-        self._container = av.open(str(self.path), mode="w", format="mp4", options={"movflags": "+faststart"})
+        _check_encoder(codec, self._options)
+        self._out = _Output(self.path, max(info.frame_count or 0, 1024))
+        self._container = av.open(self._out, mode="w", format="mp4", options={"movflags": "+faststart"},
+                                  buffer_size=BUFFER, io_open=self._reopen)
         self._stream = None
         self._size: tuple[int, int] | None = None  # (H, W) of the first frame, before even-padding
         self._time_base: Fraction | None = None
@@ -77,7 +102,9 @@ class VideoSink(Sink):
         self._last_delta: int | None = None
         self._durations: dict[int, int] = {}  # pts -> duration of frames inside the encoder
         self.frames_written = 0
-        """Frames accepted by ``write``; all of them are in the file once ``close`` returns."""
+        """Frames accepted by ``write``; all of them are in the file once ``close`` returns (on a full disk: those
+        that fit, ``frames_in_file``)."""
+        self.frames_in_file = 0
         self._closed = False
 
     def write(self, result: FrameResult) -> None:
@@ -96,22 +123,40 @@ class VideoSink(Sink):
         self._pending = (image, pts)
         self._last_pts = pts
         self.frames_written += 1
+        self._out.hold(self.frames_written)
+        if self._out.full is not None or self._out.failed is not None:
+            self._finish()
+            kept = self.frames_in_file
+            raise output_error(self.path, self._out.full, f"; the video holds the {kept} frames that fit" if kept
+                               else "; no frame fit, the video was removed")
 
     def close(self) -> None:
         """Encode the held frame, flush the encoder and finish the file; safe to call again or after errors."""
-        if self._closed:
-            return
+        if not self._closed:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Finish the file: with the frames the encoder still holds while there is room, then the index, in the
+        room held back for it. A file that holds no frame, or cannot be finished, is removed (the latter raises)."""
         self._closed = True
         try:
-            if self._pending is not None:
+            if self._out.writing and self._pending is not None:
                 self._encode(*self._pending, duration=self._last_duration())
-                self._pending = None
-            if self._stream is not None:
+            if self._out.writing and self._stream is not None:
                 self._mux(self._stream.encode(None))
         finally:
-            self._container.close()
-            if self.frames_written == 0:  # header never written: an empty, unplayable file
+            self._pending = None
+            self._out.release()
+            try:
+                self._container.close()
+            except (OSError, av.FFmpegError) as err:
+                self._out.failed = self._out.failed or err
+            self._out.close()
+            if self.frames_in_file == 0 or self._out.failed is not None:  # no frame, or no index: unplayable
                 self.path.unlink(missing_ok=True)
+        if self._out.failed is not None:
+            raise output_error(self.path, self._out.failed, "; the video could not be finished and was removed") \
+                from self._out.failed
 
     def _open_stream(self, frame: Frame) -> None:
         height, width = frame.image.shape[:2]
@@ -162,6 +207,117 @@ class VideoSink(Sink):
 
     def _mux(self, packets) -> None:
         for packet in packets:
+            if self._out.writing and not self._out.fits(packet.size):
+                self._out.full = OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+            if not self._out.writing:
+                continue  # no room: the frames after the first one that did not fit are left out
             # libx264 does not carry frame durations to packets; MP4 needs them for the last sample's length.
             packet.duration = self._durations.pop(packet.pts, 0)
             self._container.mux(packet)
+            self.frames_in_file += 1
+
+    def _reopen(self, url: str, flags: int, options: dict):
+        """The file read back by FFmpeg's second pass, which moves the index to the front (``+faststart``)."""
+        return open(self.path, "rb")
+
+
+def _check_encoder(codec: str, options: dict[str, str]) -> None:
+    """Open the encoder once on a tiny picture: a bad codec or option fails here, before any output exists."""
+    try:
+        context = av.CodecContext.create(codec, "w")
+    except ValueError as err:  # UnknownCodecError
+        raise ConfigError(f"sinks.codec: no encoder named {codec!r} in this FFmpeg") from err
+    context.width, context.height, context.pix_fmt, context.time_base = 64, 64, "yuv420p", Fraction(1, 25)
+    context.options = dict(options)
+    try:
+        context.open()
+    except av.FFmpegError as err:
+        hint = ""
+        if codec in ("libx264", "libx265") and options["preset"] not in X264_PRESETS:
+            hint = f"; presets: {', '.join(X264_PRESETS)}"
+        raise ConfigError(f"sinks: the {codec} encoder rejects preset {options['preset']!r} with crf "
+                          f"{options['crf']} ({err.strerror}){hint}") from err
+
+
+class _Output:
+    """The MP4's bytes on their way to ``path`` (a file object for PyAV), with room held back for the file's end.
+
+    Errors are never raised to FFmpeg, which could not finish the file after one: ``full`` is set when the disk
+    fills (the write completes in the spare's room) or the spare cannot grow, ``failed`` on any other write error
+    (later bytes are dropped: the file is lost). ``fits`` keeps the file under the process's file-size limit, which
+    no spare can lift.
+    """
+
+    def __init__(self, path: Path, frames: int):
+        self.full: OSError | None = None
+        self.failed: BaseException | None = None
+        self._end = 0
+        self._spare = None
+        self._spare_size = 0
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        self._limit = None if soft == resource.RLIM_INFINITY else soft
+        try:
+            self._file = open(path, "wb", buffering=0)
+        except OSError as err:
+            raise output_error(path, err) from err
+        try:
+            self._spare = tempfile.TemporaryFile(dir=path.parent)  # unnamed where the OS can: gone with the process
+            self.hold(frames)
+        except OSError as err:
+            self.failed = err
+        if not self.writing:
+            self.close()
+            path.unlink(missing_ok=True)
+            raise output_error(path, self.full or self.failed)
+
+    def hold(self, frames: int) -> None:
+        """Hold room for the end of a file of at least ``frames`` frames; grows in doublings, sets ``full`` when
+        it cannot (the disk has no more room)."""
+        if self._spare is None or SPARE_BYTES + SPARE_PER_FRAME * frames <= self._spare_size:
+            return
+        size = SPARE_BYTES + SPARE_PER_FRAME * 2 * frames
+        try:
+            os.posix_fallocate(self._spare.fileno(), 0, size)
+        except OSError as err:
+            self.full = err
+            return
+        self._spare_size = size
+
+    @property
+    def writing(self) -> bool:
+        """Whether frames may still be added."""
+        return self.full is None and self.failed is None
+
+    def fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes leave room for the file's end under the file-size limit."""
+        return self._limit is None or self._end + BUFFER + size + self._spare_size <= self._limit
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        while view and self.failed is None:
+            try:
+                view = view[self._file.write(view):]  # one system call may write part of it
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT) and self._spare is not None:
+                    self.full = self.full or err
+                    self.release()  # the rest of this write, and the index, go into the spare's room
+                else:
+                    self.failed = err
+        self._end = max(self._end, self._file.tell())
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def release(self) -> None:
+        """Give the held room back to the file system (for the file's end)."""
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
+
+    def close(self) -> None:
+        self.release()
+        self._file.close()

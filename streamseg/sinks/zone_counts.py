@@ -5,7 +5,8 @@ order given, ``<zone>:<class>`` for each class it counts and ``<zone>:total``. A
 objects of that class sighted in that frame whose anchor is inside the zone (see :mod:`streamseg.events.rules`;
 an object the tracker has lost for a few frames is not counted in them). One row per processed frame rather than
 per second: strided or variable-rate sources keep their own times, and per-second figures (max, mean) are one
-``groupby`` away. Rows are flushed as written, so the file is complete up to the last processed frame.
+``groupby`` away. Rows go to disk as written, so the file is complete up to the last processed frame (on a full
+disk: up to the last row that fit).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from streamseg.sinks.base import Sink
+from streamseg.sinks.base import LineFile, Sink
 from streamseg.types import FrameResult, SourceInfo
 
 __all__ = ["ZoneCountsCsvSink"]
@@ -29,13 +30,12 @@ class ZoneCountsCsvSink(Sink):
         self.path = Path(path)
         self.info = info
         self.zones = {str(name): tuple(classes) for name, classes in zones.items()}
-        self._file = open(self.path, "w", encoding="utf-8", newline="")
+        self._file = LineFile(self.path)
         self._csv = csv.writer(self._file, lineterminator="\n")
         header = ["frame", "time"]
         for name, classes in self.zones.items():
             header += [f"{name}:{c}" for c in classes] + [f"{name}:total"]
         self._csv.writerow(header)
-        self._file.flush()
         self.rows_written = 0
 
     def write(self, result: FrameResult) -> None:
@@ -48,7 +48,6 @@ class ZoneCountsCsvSink(Sink):
             values = [int(counts.get(c, 0)) for c in classes]
             row += values + [sum(values)]
         self._csv.writerow(row)
-        self._file.flush()
         self.rows_written += 1
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ from typing import Iterable
 
 import numpy as np
 
-from streamseg.errors import ConfigError, SourceError
+from streamseg.errors import ConfigError, SourceError, output_error
 from streamseg.types import Detections
 
 _SPLIT = re.compile(r"[,\s]+")
@@ -186,7 +186,9 @@ def write_mot(path: str | os.PathLike, rows: MotRows) -> None:
     """Write ``frame,id,x,y,w,h,conf,-1,-1,-1`` lines in the order given (MOTChallenge submissions are any order).
 
     Numbers are written in their shortest exact form, so :func:`read_mot` gives back the same floats.
-    Raises :class:`ConfigError` for a missing folder, a frame < 1 (pass 1-based frames) or a non-finite box.
+    Raises :class:`ConfigError` for a missing folder, a frame < 1 (pass 1-based frames) or a non-finite box, and
+    :class:`~streamseg.errors.OutputError` for a file that cannot be written (disk full), which is then removed
+    rather than left cut short.
     """
     path = Path(path)
     if not isinstance(rows, MotRows):
@@ -204,8 +206,12 @@ def write_mot(path: str | os.PathLike, rows: MotRows) -> None:
                                           rows.confidences.tolist()):
         numbers = ",".join(_number(v) for v in (*box, conf))
         lines.append(f"{frame},{track_id},{numbers},-1,-1,-1\n")
-    with open(path, "w", encoding="utf-8") as file:
-        file.writelines(lines)
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.writelines(lines)
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise output_error(path, err, "; the tracks file was not written") from err
 
 
 def _number(value: float) -> str:
