@@ -210,6 +210,33 @@ def test_file_size_limit_one_line_and_every_output_readable(videos, tmp_path):
     assert frames <= len(records) < 377
 
 
+def test_video_that_cannot_be_finished_is_removed_and_reported(tmp_path):
+    """A write error that no held-back room cures (here a size limit the sink could not know of when it opened the
+    file, as FAT's 4 GiB) loses the index: the file is removed and the error says so."""
+    path = tmp_path / "clip.mp4"
+    script = f"""
+import resource
+from fractions import Fraction
+import numpy as np
+from streamseg.errors import OutputError
+from streamseg.sinks import VideoSink
+from streamseg.types import Detections, Frame, FrameResult, SourceInfo
+sink = VideoSink({str(path)!r}, SourceInfo("clip", "clip.mp4", 256, 256, fps=Fraction(25)), preset="ultrafast", crf=0)
+resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))  # Python ignores SIGXFSZ: writes fail with EFBIG
+noise = np.random.default_rng(0).integers(0, 256, (100, 256, 256, 3), np.uint8)
+try:
+    for i in range(100):
+        sink.write(FrameResult(Frame(noise[i], "clip", i, i / 25), Detections.empty(("bg",), (256, 256))))
+except OutputError as err:
+    print(err)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (f"cannot write {path}: file too large for the size limit of the process or the "
+                                   "file system; the video could not be finished and was removed"), proc.stdout
+    assert not path.exists()
+
+
 def frame_result(index: int) -> FrameResult:
     image = np.zeros((48, 64, 3), np.uint8)
     boxes = np.tile([[1.0, 2.0, 30.0, 40.0]], (20, 1))  # about 1 KB of JSON per line
