@@ -202,16 +202,17 @@ def test_glob_names_are_relative_to_its_folder(tmp_path):
 
 def test_demo_model_classes_are_written_with_coco_category_ids(tmp_path):
     """car is COCO category 3 and bicycle 2, whatever the model's label order (the demo model has car = 2)."""
-    folder = scene_images(tmp_path / "street", ["s1.png", "s2.png", "s3.png"])
+    folder = scene_images(tmp_path / "street", ["1.png", "2.png", "3.png"])  # numeric names: image_id 1, 2, 3
     ok(streamseg("run", folder, "-o", tmp_path / "out", "--no-video", "--no-progress"))
-    results, companion = coco_outputs(tmp_path / "out", "street")
-    assert companion["categories"] == [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"},
-                                       {"id": 3, "name": "car"}]
+    results = json.loads((tmp_path / "out" / "street.coco.json").read_text())
     records = list(read_detections_jsonl(tmp_path / "out" / "street.detections.jsonl"))
     jsonl = Counter((r["frame"] + 1, d["class"]) for r in records for d in r["detections"])
     coco = Counter((r["image_id"], COCO_CLASS_NAMES[r["category_id"]]) for r in results)
     assert {name for _, name in jsonl} >= {"car", "bicycle"}
     assert coco == jsonl  # every detection under the COCO category of its class name
+    _, companion = coco_outputs(tmp_path / "out", "street")
+    assert companion["categories"] == [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"},
+                                       {"id": 3, "name": "car"}]
 
 
 def test_classes_coco_lacks_get_ids_after_90(tmp_path):
@@ -254,10 +255,9 @@ def test_quoted_glob_of_videos_and_images(videos, tmp_path):
     media.mkdir()
     (media / "a.webm").symlink_to(videos / "edge_cases/no_duration.webm")
     (media / "b.mkv").symlink_to(videos / "edge_cases/asl_again.mkv")
-    scene_images(media, ["p1.jpg", "p2.png"])
+    scene_images(media, ["1.jpg", "2.png"])
     (media / "notes.txt").write_text("not media: ignored")
     pattern = str(media / "*")
-    assert expand_sources([pattern]) == [pattern, str(media / "a.webm"), str(media / "b.mkv")]
     ok(streamseg("run", pattern, "-o", tmp_path / "out", "--backend", "none", "--no-video", "--max-frames", "3",
                  "--no-progress"))
     frames = {name: len(list(read_detections_jsonl(tmp_path / "out" / f"{name}.detections.jsonl")))
@@ -266,6 +266,7 @@ def test_quoted_glob_of_videos_and_images(videos, tmp_path):
     ok(streamseg("run", str(videos / "edge_cases" / "*.webm"), "-o", tmp_path / "webm", "--backend", "none",
                  "--no-video", "--max-frames", "2", "--no-progress"))
     assert len(list(read_detections_jsonl(tmp_path / "webm" / "no_duration.detections.jsonl"))) == 2
+    assert expand_sources([pattern]) == [pattern, str(media / "a.webm"), str(media / "b.mkv")]  # images first
     with pytest.raises(SourceError, match="pattern matches no image or video files"):
         expand_sources([str(media / "*.txt")])
 

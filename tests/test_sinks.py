@@ -57,8 +57,7 @@ def gt_detections(coco: COCO, image_id: int) -> Detections:
     dense = np.stack([coco.annToMask(a).astype(bool) for a in anns])
     masks = InstanceMasks.from_dense(dense)
     assert masks.image_size == (info["height"], info["width"])
-    names = tuple(coco.cats[i]["name"] if i in coco.cats else "N/A" for i in range(max(coco.cats) + 1))
-    return Detections(boxes, np.ones(len(anns)), [a["category_id"] for a in anns], names, masks)
+    return Detections(boxes, np.ones(len(anns)), [a["category_id"] for a in anns], (), masks)
 
 
 def make_dets(dense: np.ndarray, labels, scores=None, track_ids=None, with_masks=True) -> Detections:
@@ -107,7 +106,7 @@ def test_empty_detections_through_every_sink(tmp_path: Path):
 
     info = info_for()
     with VideoSink(tmp_path / "v.mp4", info) as video, DetectionsJsonlSink(tmp_path / "d.jsonl", info) as jsonl:
-        with CocoResultsSink(tmp_path / "c.json", info) as coco:
+        with CocoResultsSink(tmp_path / "c.json", info, images=["a.png", "b.png", "c.png"]) as coco:
             for i in range(3):
                 for sink in (video, jsonl, coco):
                     sink.write(result(image, dets, i, i / 25, i * 512, Fraction(1, 12800)))
@@ -122,7 +121,7 @@ def test_empty_run_leaves_no_video_and_valid_other_files(tmp_path: Path):
     sinks = [
         VideoSink(tmp_path / "v.mp4", info),
         DetectionsJsonlSink(tmp_path / "d.jsonl", info),
-        CocoResultsSink(tmp_path / "c.json", info),
+        CocoResultsSink(tmp_path / "c.json", info, images=[]),
     ]
     for sink in sinks:
         assert isinstance(sink, Sink)
@@ -131,7 +130,7 @@ def test_empty_run_leaves_no_video_and_valid_other_files(tmp_path: Path):
     assert not (tmp_path / "v.mp4").exists()  # documented: an MP4 without a video stream is not playable
     assert (tmp_path / "d.jsonl").read_text() == ""
     assert json.loads((tmp_path / "c.json").read_text()) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "d.jsonl"]  # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.categories.json", "c.json", "d.jsonl"]  # no temporary
 
 
 # ---------------------------------------------------------------- RLE
@@ -455,9 +454,11 @@ def test_coco_results_of_ground_truth_score_ap_one(tmp_path: Path, evalkit: Path
     path = tmp_path / "results.json"
     info = SourceInfo("val2017", str(evalkit / "coco" / "val2017"), 0, 0, is_image_sequence=True)
     sink = CocoResultsSink(path, info, images=[file.name for file in files])  # COCO's standard category ids
+    names = tuple(coco_gt.cats[i]["name"] if i in coco_gt.cats else "N/A" for i in range(max(coco_gt.cats) + 1))
     try:
         for index, file in enumerate(files):
-            dets = gt_detections(coco_gt, coco_image_id_from_filename(file))
+            truth = gt_detections(coco_gt, coco_image_id_from_filename(file))
+            dets = Detections(truth.boxes, truth.scores, truth.labels, names, truth.masks)  # mapped by name
             height, width = dets.masks.image_size
             sink.write(result(np.zeros((height, width, 3), np.uint8), dets, index))
         assert not path.exists()  # written at close only
