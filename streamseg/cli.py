@@ -236,12 +236,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     from streamseg.sources import describe, expand_sources, format_description
 
     failed = 0
-    for uri in expand_sources(args.sources):  # a bad file gets its error line; the others are still described
+    for given in args.sources:  # a bad file gets its error line; the others are still described
         try:
-            print(format_description(describe(uri)), flush=True)
-        except StreamsegError as err:
+            uris = expand_sources([given])  # a quoted glob: each of its videos, its images as one
+        except StreamsegError as err:  # an unknown URL scheme, a glob that matches no media
             print(f"streamseg: error: {err}", file=sys.stderr, flush=True)
-            failed += 1
+            uris, failed = [], failed + 1
+        for uri in uris:
+            try:
+                print(format_description(describe(uri)), flush=True)
+            except StreamsegError as err:
+                print(f"streamseg: error: {err}", file=sys.stderr, flush=True)
+                failed += 1
     return EXIT_ERROR if failed else 0
 
 

@@ -275,10 +275,12 @@ def test_quoted_glob_of_videos_and_images(videos, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["run", "info"])
-def test_unknown_url_scheme_is_named(command, tmp_path):
-    proc = streamseg(command, "rtps://user:hunter2@host/x", *(["-o", tmp_path] if command == "run" else []))
+def test_unknown_url_scheme_is_named(command, videos, tmp_path):
+    clip = videos / "edge_cases/fire2.mp4"  # run refuses the list before any work; info describes the others
+    proc = streamseg(command, "rtps://user:hunter2@host/x", clip, *(["-o", tmp_path] if command == "run" else []))
     line = error_line(proc)
     assert "unknown URL scheme 'rtps'" in line and "rtsp://" in line and "v4l2://" in line
     assert "rtps:/host" not in line and "no such file" not in line and "hunter2" not in proc.stderr
+    assert ("fire2.mp4" in proc.stdout) == (command == "info") and not any(tmp_path.iterdir())
     with pytest.raises(SourceError, match="unknown URL scheme 'ftp'"):
         open_source("ftp://host/clip.mp4")
