@@ -141,7 +141,8 @@ def test_annotation_file_gives_image_and_category_ids(evalkit, tmp_path):
     assert [(i["id"], i["file_name"]) for i in companion["images"]] == [(i["id"], i["file_name"]) for i in picked]
     assert results and {r["image_id"] for r in results} <= {i["id"] for i in picked}
     by_name = {c["name"]: c["id"] for c in annotations["categories"]}
-    assert {c["name"]: c["id"] for c in companion["categories"]} == {n: by_name[n] for n in ("person", "car", "bicycle")}
+    categories = {c["name"]: c["id"] for c in companion["categories"]}
+    assert categories == {name: by_name[name] for name in ("person", "car", "bicycle")}
     assert len(list(read_detections_jsonl(tmp_path / "out" / "photos.detections.jsonl"))) == 4
     gt = quiet(COCO, str(gt_file))
     evaluator = COCOeval(gt, quiet(gt.loadRes, results), "segm")  # ids pycocotools resolves against the dataset
@@ -217,8 +218,8 @@ def test_demo_model_classes_are_written_with_coco_category_ids(tmp_path):
 
 def test_classes_coco_lacks_get_ids_after_90(tmp_path):
     info = SourceInfo("x", "x", 64, 48, is_image_sequence=True)
-    names = ("__background__", "car", "scooter", "person", "tram")
-    dets = Detections([[0, 0, 10, 10]] * 4, [0.9, 0.8, 0.7, 0.6], [1, 2, 3, 4], names)
+    names = ("__background__", "car", "scooter", "person", "tram", "N/A")  # N/A: an unused COCO slot, no class
+    dets = Detections([[0, 0, 10, 10]] * 5, [0.9, 0.8, 0.7, 0.6, 0.5], [1, 2, 3, 4, 5], names)
     frame = Frame(np.zeros((48, 64, 3), np.uint8), "x", 0, 0.0)
     with CocoResultsSink(tmp_path / "r.json", info, images=["a.jpg"], class_names=names[1:]) as sink:
         sink.write(FrameResult(frame, dets))

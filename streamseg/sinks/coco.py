@@ -49,6 +49,9 @@ __all__ = ["CocoCategories", "CocoResultsSink", "coco_image_id_from_filename", "
 
 log = logging.getLogger(__name__)
 
+NOT_CLASSES = ("__background__", "N/A")
+"""Labels that name no class (torchvision's background and COCO's unused ids): never a category."""
+
 
 class CocoResultsSink(Sink):
     """Collects COCO results of an image sequence: ``images`` names the file of each frame index (relative to its
@@ -127,13 +130,14 @@ class CocoCategories:
         if dataset is None:
             from streamseg.models.torch_maskrcnn import COCO_CLASS_NAMES  # torchvision's 91 slots: index = id
 
-            self.known = {name: i for i, name in enumerate(COCO_CLASS_NAMES) if name not in ("__background__", "N/A")}
+            self.known = {name: i for i, name in enumerate(COCO_CLASS_NAMES) if name not in NOT_CLASSES}
         else:
             self.known = {c["name"]: c["id"] for c in dataset}
         self.next_id = max([90, *self.known.values()]) + 1
         self.ids: dict[str, int] = {}
         for name in class_names:
-            self.id_of(name)
+            if name not in NOT_CLASSES:
+                self.id_of(name)
 
     def id_of(self, name: str) -> int:
         if name not in self.ids:
@@ -144,8 +148,9 @@ class CocoCategories:
         return self.ids[name]
 
     def label_ids(self, dets: Detections) -> dict[int, int]:
-        """``{model label: category id}`` for the labels in ``dets`` (for :func:`coco_results`)."""
-        return {int(label): self.id_of(name) for label, name in zip(dets.labels, dets.names)}
+        """``{model label: category id}`` for the labels in ``dets`` (for :func:`coco_results`, which drops the
+        others: :data:`NOT_CLASSES`)."""
+        return {int(label): self.id_of(name) for label, name in zip(dets.labels, dets.names) if name not in NOT_CLASSES}
 
     @property
     def categories(self) -> list[dict]:
