@@ -222,9 +222,12 @@ def _declared(container, stream) -> tuple[Fraction | None, float | None, int | N
         duration = container.duration / av.time_base if container.duration else None
     estimate = round(duration * rate) if duration and rate else None
     if stream.frames:
-        # An edit list that trims frames (clips cut by copy) leaves the header counting every sample while the
-        # stream's duration is the edited one: decoding yields the smaller number.
-        return rate, duration, min(stream.frames, estimate) if estimate else stream.frames
+        if estimate and container.format.name.startswith("mov"):
+            # An MP4 edit list that trims frames (clips cut by copy) leaves the header counting every sample while
+            # the stream's duration is the edited one: decoding yields the smaller number. (Elsewhere a short
+            # duration means a cut file, whose header count is what was lost.)
+            return rate, duration, min(stream.frames, estimate)
+        return rate, duration, stream.frames
     return rate, duration, estimate
 
 
