@@ -22,9 +22,9 @@ A full disk leaves a playable file with the frames that fit. FFmpeg cannot recov
 writes the index, and an MP4 without its index does not play), so the sink holds room back for the index in a
 spare file on the same file system. The first write that finds the disk full gives the spare up and completes in
 its room; no frame is added after it, the file is finished at once (before other outputs take the room), and
-``write`` raises :class:`~streamseg.errors.OutputError` saying how many frames the file holds. The file-size limit
-of the process (``ulimit -f``) is kept the same way. A file that cannot be finished (a write error no room cures)
-is removed, and the error says so. Encoder options are checked when the sink is made, before any file is created.
+``write`` raises :class:`~streamseg.errors.OutputError` saying how many frames the file holds. Under a file-size
+limit of the process (``ulimit -f``) frames stop early enough for the index to fit as well. A file that cannot be
+finished (a write error no room cures) is removed, and the error says so. Encoder options are checked when the sink is made, before any file is created.
 """
 
 from __future__ import annotations
