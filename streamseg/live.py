@@ -33,7 +33,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from types import MappingProxyType
+from typing import Callable, Iterator, Mapping, Sequence
 
 from streamseg.config import PipelineConfig
 from streamseg.errors import ConfigError, SourceError, StreamsegError
@@ -118,6 +119,12 @@ class LiveRunner:
         self._late_lock = threading.Lock()
         self.ready = threading.Event()
         """Set once every stream is connected and the graph runs (tests and benches wait on it)."""
+
+    @property
+    def streams(self) -> Mapping[str, StreamRun]:
+        """The current (or last) run's streams by source id, read-only: their ``processed`` counts, ``source``
+        (``up``, ``reconnects``, ``dropped``), ``statuses``, ``outputs`` and ``failed``, for monitoring."""
+        return MappingProxyType(self._streams)
 
     def __enter__(self) -> "LiveRunner":
         return self
