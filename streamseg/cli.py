@@ -209,10 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = replace(config, sources=tuple(expand_sources(config.sources)))  # a glob's videos: one source each
     if any(is_live_input(uri) for uri in config.sources):
-        from streamseg.live import run_live  # cameras: all streams at once, until Ctrl-C
-
-        return run_live(config)
-    skipped = 0
+        return run_cameras(config)  # all streams at once, until Ctrl-C
+    skipped, failed = 0, []
     with Runner(config, progress=not args.no_progress) as runner:
         for uri in config.sources:
             run = runner.process(uri, handle_signals=True)
@@ -223,13 +221,55 @@ def cmd_run(args: argparse.Namespace) -> int:
                 skipped += len(run.skipped)
             for kind, path in run.outputs.items():
                 log.info("%s: %s -> %s", run.source_id, kind, path)
+            if run.errors:  # the source's other outputs went on; what was written is valid
+                failed.append(run.errors)
             if run.interrupted:
                 log.warning("interrupted: outputs hold the %d frames processed", run.frames_written)
+                _print_output_errors(failed)
                 return EXIT_INTERRUPTED
+    if failed:  # after every source, one line each
+        _print_output_errors(failed)
+        return EXIT_ERROR
     if skipped:  # after every source: the readable images are all written
         raise StreamsegError(f"unreadable images skipped: {skipped} (named in the warnings above); "
                              "every readable image is in the outputs")
     return 0
+
+
+def run_cameras(config) -> int:
+    """Live sources: every stream of the run at once until Ctrl-C / SIGTERM (or every stream has ended). Exit
+    130 when stopped by a signal (outputs are finalized first), 1 when a stream failed for good, else 0."""
+    from streamseg.live import LiveRunner
+    from streamseg.redact import redact
+    from streamseg.sources import is_live_input
+
+    files = [uri for uri in config.sources if not is_live_input(uri)]
+    if files:
+        raise StreamsegError(f"live streams and files cannot be mixed in one run: run {redact(files[0])!r} "
+                             "separately")
+    with LiveRunner(config) as runner:
+        run = runner.run(list(config.sources), handle_signals=True)
+    if run.report is not None:
+        print(run.report.table(), file=sys.stderr)
+    for stream in run.streams.values():
+        source = stream.source
+        log.info("%s: %d frames processed, %d dropped, %d reconnects", stream.source_id, stream.processed,
+                 source.dropped, source.reconnects)
+        for kind, path in stream.outputs.items():
+            log.info("%s: %s -> %s", stream.source_id, kind, path)
+    failed = [s for s in run.streams.values() if s.failed]
+    for stream in failed:
+        print(f"streamseg: error: {stream.source_id}: {stream.failed}", file=sys.stderr)
+    if run.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR if failed else 0
+
+
+def _print_output_errors(failed: list[list[str]]) -> None:
+    from streamseg.stream import error_line
+
+    for errors in failed:
+        print(f"streamseg: error: {error_line(errors)}", file=sys.stderr)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from streamseg.errors import ConfigError, SourceError
 from streamseg.models import Backend
 from streamseg.ops.masks import masks_to_rle
 from streamseg.sinks.coco import coco_results
-from streamseg.types import Detections, Frame, InstanceMasks
+from streamseg.types import Detections, Frame, FrameResult, InstanceMasks, SourceInfo
 
 if TYPE_CHECKING:
     from streamseg.events import EventScores
@@ -237,9 +237,11 @@ def evaluate_scene_events(detector: Backend | SceneDetector, scenes: int = 1, fi
     :mod:`streamseg.events.rules`); ``occlusion_hold``: seconds, 0 for off (:mod:`streamseg.events.occlusion`)."""
     from dataclasses import replace
 
-    from streamseg.events import BottomHold, EventEngine, LineRule, TimedEvent, ZoneRule, match_events
+    from streamseg.config import PipelineConfig, TrackerOptions
+    from streamseg.events import EventsConfig, LineConfig, TimedEvent, ZoneConfig, match_events
     from streamseg.scenes import Scene, SceneConfig, zone_line_events
-    from streamseg.tracking import MotRows, Tracker, TrackerConfig, evaluate_mot, summarize
+    from streamseg.stream import StreamProcessor
+    from streamseg.tracking import MotRows, TrackerConfig, evaluate_mot, summarize
 
     if hasattr(detector, "predict"):
         detector = backend_detector(detector)
@@ -249,20 +251,27 @@ def evaluate_scene_events(detector: Backend | SceneDetector, scenes: int = 1, fi
     for seed in range(first_seed, first_seed + scenes):
         scene = Scene(replace(config, seed=seed, frames=frames))
         cfg = scene.config
-        engine = EventEngine([ZoneRule("zone", cfg.zone, min_frames=min_frames),
-                              LineRule("line", cfg.line, min_frames=min_frames)],
-                             BottomHold(occlusion_hold) if occlusion_hold > 0 else None)
-        track = Tracker(tracker, keep_history=True, history_masks=False)
+        rules = EventsConfig(zones=(ZoneConfig("zone", cfg.zone, min_frames=min_frames),),
+                             lines=(LineConfig("line", cfg.line, min_frames=min_frames),),
+                             occlusion_hold=occlusion_hold)
+        # the same per-stream processing as a pipeline's (tracker lookahead, rules on confirmed tracks), no outputs
+        pipeline = PipelineConfig(tracker=TrackerOptions(True, tracker), events=rules)
+        info = SourceInfo(f"scene{seed}", f"scene:{seed}", cfg.width, cfg.height, fps=None, time_base=None,
+                          frame_count=len(scene), duration=None)
+        stream = StreamProcessor(pipeline, info, scene.class_names, None)
         gt_rows, samples, predicted = [], [], []
         for scene_frame in scene:
             index, time = scene_frame.index, scene_frame.time
             gt_rows.append(MotRows.from_detections(index, scene.ground_truth_detections(scene_frame)))
             samples.append((index, time, [_Anchored(i) for i in scene_frame.instances]))
-            tracked = track.update(detector(scene, scene_frame), index, time)
-            frame = Frame(scene_frame.image, f"scene{seed}", index, time)
-            predicted += engine.update(frame, tracked)
+            frame = Frame(scene_frame.image, info.source_id, index, time)
+            for ready in stream.analyze(FrameResult(frame, detector(scene, scene_frame))):
+                predicted += ready.events
+        for ready in stream.finish():
+            predicted += ready.events
         total_frames += len(scene)
-        hypotheses = MotRows.concatenate(MotRows.from_detections(i, d) for i, d in track.history(max_gap=None))
+        history = stream.tracker.history(max_gap=None)
+        hypotheses = MotRows.concatenate(MotRows.from_detections(i, d) for i, d in history)
         mot_scores.append(evaluate_mot(MotRows.concatenate(gt_rows), hypotheses))
         truth = [TimedEvent(e["event"], e["target"], e.get("direction"), e["time"])
                  for e in zone_line_events(samples, cfg.zone, cfg.line, scene.class_names)]

@@ -25,37 +25,29 @@ import json
 import logging
 import random
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
-from fractions import Fraction
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Iterator, Mapping, Sequence
 
 from streamseg.config import PipelineConfig
 from streamseg.errors import ConfigError, SourceError, StreamsegError
-from streamseg.events import EventEngine, describe_event
 from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.graph.exporter import LiveMetrics, MetricsServer, StreamSample
 from streamseg.models import Backend, build_backend
-from streamseg.pipeline import _overlays, _vocabulary, warn_unknown_event_classes
 from streamseg.redact import RedactingFilter, redact, secrets_of
-from streamseg.sinks import Annotator, DetectionsJsonlSink, EventsJsonlSink, VideoSink, ZoneCountsCsvSink
-from streamseg.sinks.recording import EventClipper, SegmentRecorder, utc_stamp
+from streamseg.sinks.recording import EventClipper, SegmentRecorder
 from streamseg.sources import LiveSource, Reconnect, StreamStatus, live_source_id
-from streamseg.tracking import Tracker
+from streamseg.stream import StreamProcessor, error_line, warn_unknown_event_classes
 from streamseg.types import Frame, FrameResult
 
 log = logging.getLogger(__name__)
 event_log = logging.getLogger("streamseg.events")
 
-RECORDING_TIME_BASE = Fraction(1, 90000)
-DEFAULT_ANNOTATED_MINUTES = 10.0
-"""Length of each annotated-video file when ``live.segment_minutes`` is not set."""
 
 
 @dataclass
@@ -69,9 +61,8 @@ class StreamRun:
     processed: int = 0
     failed: str | None = None
     """Why the stream ended early (reconnect attempts exhausted, a sink failed), redacted; None if it did not."""
-    sinks: list = field(default_factory=list)
-    tracker: Tracker | None = None
-    engine: EventEngine | None = None
+    processor: StreamProcessor | None = None
+    """Tracker, event rules and outputs (:mod:`streamseg.stream`), built once the stream is up."""
     clipper: EventClipper | None = None
     size: tuple[int, int] | None = None
     status_file: object = None
@@ -297,34 +288,10 @@ class LiveRunner:
             return
 
     def _build_outputs(self, stream: StreamRun, width: int, height: int, out_dir: Path, stack: ExitStack) -> None:
-        cfg = self.config
-        info = stream.source.info
         stream.size = (width, height)
-        if cfg.tracker.enabled:
-            stream.tracker = Tracker(cfg.tracker.config, keep_history=False, history_masks=False)
-        if cfg.events.enabled:
-            stream.engine = EventEngine.from_config(cfg.events, width, height)
-        sid = stream.source_id
-        if cfg.sinks.video:
-            minutes = cfg.live.segment_minutes or DEFAULT_ANNOTATED_MINUTES
-            stream.outputs["video"] = out_dir / sid / "annotated"
-            sink = stack.enter_context(_RollingVideo(
-                stream.outputs["video"], sid, info, minutes * 60,
-                lambda path, engine=stream.engine: VideoSink(path, info, codec=cfg.sinks.codec,
-                                                             preset=cfg.sinks.preset, crf=cfg.sinks.crf,
-                                                             annotator=Annotator(overlays=_overlays(engine)))))
-            stream.sinks.append(sink)
-        if cfg.sinks.detections:
-            stream.outputs["detections"] = out_dir / f"{sid}.detections.jsonl"
-            stream.sinks.append(stack.enter_context(DetectionsJsonlSink(stream.outputs["detections"], info)))
-        if stream.engine is not None and cfg.sinks.events:
-            stream.outputs["events"] = out_dir / f"{sid}.events.jsonl"
-            stream.sinks.append(stack.enter_context(EventsJsonlSink(stream.outputs["events"], info)))
-        if stream.engine is not None and stream.engine.zones and cfg.sinks.zone_counts:
-            stream.outputs["zone_counts"] = out_dir / f"{sid}.zone_counts.csv"
-            vocabulary = _vocabulary(self.backend.class_names)
-            columns = {z.name: z.config.classes or vocabulary for z in stream.engine.zones}
-            stream.sinks.append(stack.enter_context(ZoneCountsCsvSink(stream.outputs["zone_counts"], info, columns)))
+        stream.processor = stack.enter_context(StreamProcessor(
+            self.config, stream.source.info, self.backend.class_names, out_dir, live=True, source_id=stream.source_id))
+        stream.outputs.update(stream.processor.outputs)
 
     # -- stages -----------------------------------------------------------------------------------------------------
 
@@ -372,26 +339,13 @@ class LiveRunner:
                     # a new resolution after a reconnect: identities and zone geometry start again at that size
                     log.info("stream_resized source=%s size=%dx%d", stream.source_id, frame.width, frame.height)
                     stream.size = (frame.width, frame.height)
-                    if stream.tracker is not None:
-                        stream.tracker.reset()
-                    if stream.engine is not None:
-                        stream.engine = EventEngine.from_config(self.config.events, frame.width, frame.height)
-                detections = result.detections
-                if stream.tracker is not None:
-                    # every detection stays; an id shows from its track's confirmation on (live: no lookahead)
-                    detections = stream.tracker.resolve(stream.tracker.update(
-                        detections, frame.index, frame.time, keep_all=True, image_size=(frame.height, frame.width)))
-                found = ()
-                occupancy = None
-                if stream.engine is not None:
-                    found = tuple(stream.engine.update(frame, detections.tracked()))
-                    occupancy = stream.engine.occupancy
-                    for event in found:
-                        event_log.info("%s", describe_event(event))
+                    stream.processor.restart(frame.width, frame.height)
+                for ready in stream.processor.analyze(result):  # live: no lookahead, one result out
+                    for event in ready.events:
                         metrics.event(stream.source_id, event.kind)
                         if stream.clipper is not None:
                             stream.clipper.trigger(event.wall_time, f"{event.kind}-{event.region}-{event.track_id}")
-                yield replace(result, detections=detections, events=found, occupancy=occupancy)
+                    yield ready
 
         return analyze
 
@@ -401,13 +355,10 @@ class LiveRunner:
         def write(results) -> Iterator[FrameResult]:
             for result in results:
                 stream = streams[result.frame.source_id]
-                for sink in list(stream.sinks):
-                    try:
-                        sink.write(result)
-                    except Exception as err:  # one stream's broken output must not stop the other streams
-                        stream.failed = f"output failed: {redact(str(err), stream.source.secrets)}"
-                        log.error("sink_failed source=%s error=%s", stream.source_id, stream.failed)
-                        stream.sinks.clear()
+                processor = stream.processor
+                processor.write(result)  # a failing output is logged and dropped there; the others go on
+                if processor.errors:
+                    stream.failed = redact(error_line(processor.errors), stream.source.secrets)
                 latency = time.time() - result.frame.capture_time
                 stream.processed += 1
                 metrics.result(stream.source_id, latency)
@@ -447,49 +398,6 @@ class LiveRunner:
         if pipeline is None:
             return []
         return [(s.name, s.queue_depth, s.dropped) for s in pipeline.metrics()]
-
-
-class _RollingVideo:
-    """The annotated video of an endless stream as MP4 files of ``seconds`` of stream time each
-    (``<folder>/<id>-<UTC time>.mp4``), and a new file when the picture size changes: one growing MP4 would keep
-    its whole index in memory and be unplayable until closed.
-
-    Frames go to the :class:`VideoSink` with pts taken from ``Frame.time`` (1/90000 s): a camera's pts restart at
-    every reconnect, while a video needs times that keep increasing.
-    """
-
-    def __init__(self, folder: Path, source_id: str, info, seconds: float, make_sink: Callable[[Path], VideoSink]):
-        self.folder, self.source_id, self.seconds, self.make_sink = Path(folder), source_id, seconds, make_sink
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.files: list[Path] = []
-        self._sink: VideoSink | None = None
-        self._start: float = 0.0
-        self._size: tuple[int, int] | None = None
-
-    def write(self, result: FrameResult) -> None:
-        frame = result.frame
-        size = (frame.width, frame.height)
-        if self._sink is not None and (frame.time - self._start >= self.seconds or size != self._size):
-            self.close()
-        if self._sink is None:
-            path = self.folder / f"{self.source_id}-{utc_stamp(frame.capture_time)}.mp4"
-            if path in self.files:
-                path = path.with_name(f"{path.stem}-{len(self.files)}.mp4")
-            self._sink, self._start, self._size = self.make_sink(path), frame.time, size
-            self.files.append(path)
-        timed = replace(frame, pts=round(frame.time / RECORDING_TIME_BASE), time_base=RECORDING_TIME_BASE)
-        self._sink.write(replace(result, frame=timed))
-
-    def close(self) -> None:
-        sink, self._sink = self._sink, None
-        if sink is not None:
-            sink.close()
-
-    def __enter__(self) -> "_RollingVideo":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _sample(source: LiveSource) -> StreamSample:
@@ -534,31 +442,3 @@ def _signals_call(stop: Callable[[], None], enabled: bool) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-
-def run_live(config: PipelineConfig) -> int:
-    """``streamseg run`` for live sources: every stream of ``config.sources`` in one run until Ctrl-C / SIGTERM
-    (or every stream has ended). Returns the exit code: 130 when stopped by a signal (outputs are finalized
-    first), 1 when a stream failed for good, else 0."""
-    from streamseg.sources import is_live_input
-
-    files = [uri for uri in config.sources if not is_live_input(uri)]
-    if files:
-        raise StreamsegError(f"live streams and files cannot be mixed in one run: run {redact(files[0])!r} "
-                             "separately")
-    with LiveRunner(config) as runner:
-        run = runner.run(list(config.sources), handle_signals=True)
-    if run.report is not None:
-        print(run.report.table(), file=sys.stderr)
-    for stream in run.streams.values():
-        source = stream.source
-        log.info("%s: %d frames processed, %d dropped, %d reconnects", stream.source_id, stream.processed,
-                 source.dropped, source.reconnects)
-        for kind, path in stream.outputs.items():
-            log.info("%s: %s -> %s", stream.source_id, kind, path)
-    failed = [s for s in run.streams.values() if s.failed]
-    for stream in failed:
-        print(f"streamseg: error: {stream.source_id}: {stream.failed}", file=sys.stderr)
-    if run.interrupted:
-        return 130
-    return 1 if failed else 0

@@ -21,29 +21,22 @@ with the tracker, confirmed tracks are coloured and labelled by track id, other 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
-import numpy as np
 from tqdm import tqdm
 
 from streamseg.config import PipelineConfig
 from streamseg.errors import ConfigError, output_error
-from streamseg.events import CollisionRule, EventEngine, describe_event
 from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.models import Backend, build_backend
-from streamseg.sinks import (Annotator, CocoResultsSink, DetectionsJsonlSink, EventsJsonlSink, Overlay, SummarySink,
-                             VideoSink, ZoneCountsCsvSink)
-from streamseg.sinks.base import close_after
 from streamseg.sources import open_source
-from streamseg.tracking import MotRows, Tracker, write_mot
+from streamseg.stream import StreamProcessor, warn_unknown_event_classes
 from streamseg.types import Frame, FrameResult, SourceInfo
 
 log = logging.getLogger(__name__)
-event_log = logging.getLogger("streamseg.events")
 
 
 @dataclass
@@ -56,6 +49,10 @@ class SourceRun:
     report: GraphReport | None = None
     skipped: list[Path] = field(default_factory=list)
     """Image sources: the unreadable images that were left out (each also logged as a warning)."""
+    errors: list[str] = field(default_factory=list)
+    """One line per output that failed; the others kept writing (:mod:`streamseg.stream`)."""
+    stopped_by_errors: bool = False
+    """Every output failed, so the source was stopped early."""
 
     @property
     def frames_written(self) -> int:
@@ -63,7 +60,8 @@ class SourceRun:
 
     @property
     def interrupted(self) -> bool:
-        return bool(self.report and self.report.interrupted)
+        """Stopped by :meth:`Runner.stop` or a signal (not by failed outputs)."""
+        return bool(self.report and self.report.interrupted) and not self.stopped_by_errors
 
 
 def detect_stage(backend: Backend, batch_size: int) -> Callable[[Iterable[Frame]], Iterator[FrameResult]]:
@@ -76,68 +74,6 @@ def detect_stage(backend: Backend, batch_size: int) -> Callable[[Iterable[Frame]
                 yield FrameResult(frame, detections)
 
     return detect
-
-
-def track_stage(tracker: Tracker, lookahead: int = 0) -> Callable[[Iterable[FrameResult]], Iterator[FrameResult]]:
-    """Results in, the same detections with ``track_ids`` out: a confirmed track's id, else ``UNTRACKED`` (no
-    detection is ever removed). Every frame is one tracker step, empty ones included.
-
-    ``lookahead`` frames (files: ``min_hits - 1``, by when a tentative track is either confirmed or dropped) hold
-    results back so that a track gets its id from its first frame on, as in the back-filled tracks file; live
-    streams use 0 and show an id from confirmation on."""
-
-    def track(results) -> Iterator[FrameResult]:
-        pending: deque[FrameResult] = deque()
-        for result in results:
-            frame = result.frame
-            detections = tracker.update(result.detections, frame.index, frame.time, keep_all=True,
-                                        image_size=(frame.height, frame.width))
-            pending.append(replace(result, detections=detections))
-            while len(pending) > lookahead:
-                yield _resolved(pending.popleft(), tracker)
-        while pending:
-            yield _resolved(pending.popleft(), tracker)
-
-    return track
-
-
-def _resolved(result: FrameResult, tracker: Tracker) -> FrameResult:
-    return replace(result, detections=tracker.resolve(result.detections))
-
-
-def events_stage(engine: EventEngine) -> Callable[[Iterable[FrameResult]], Iterator[FrameResult]]:
-    """Tracked results in, results with their ``events`` and zone ``occupancy`` out; each event is also logged,
-    one line, on the ``streamseg.events`` logger."""
-
-    def events(results) -> Iterator[FrameResult]:
-        for result in results:
-            found = engine.update(result.frame, result.detections.tracked())
-            for event in found:
-                event_log.info("%s", describe_event(event))
-            yield replace(result, events=tuple(found), occupancy=engine.occupancy)
-
-    return events
-
-
-def write_tracks(path: Path, tracker: Tracker) -> None:
-    """The tracker's back-filled history as a MOTChallenge file (frame = source index + 1, bridged gaps filled by
-    interpolation, as ``streamseg track`` writes them)."""
-    rows = MotRows.concatenate(MotRows.from_detections(index, dets) for index, dets in tracker.history(max_gap=None))
-    write_mot(path, rows[np.lexsort((rows.ids, rows.frames))])
-
-
-def write_stage(sinks: Sequence, on_result: Callable[[FrameResult], None] | None = None):
-    """Hand every result to every sink, in order; the sinks themselves are closed by whoever opened them."""
-
-    def write(results) -> Iterator[FrameResult]:
-        for result in results:
-            for sink in sinks:
-                sink.write(result)
-            if on_result is not None:
-                on_result(result)
-            yield result
-
-    return write
 
 
 class Runner:
@@ -182,31 +118,11 @@ class Runner:
             run = SourceRun(self._unique_id(info.source_id), info)
             earlier = [out_dir / f"{run.source_id}{suffix}" for suffix in OUTPUT_SUFFIXES]
             earlier = [path for path in earlier if path.exists()]
-            tracker = Tracker(cfg.tracker.config, keep_history=cfg.sinks.tracks, history_masks=False) \
-                if cfg.tracker.enabled else None
-            engine = EventEngine.from_config(cfg.events, info.width, info.height) if cfg.events.enabled else None
-            sinks = []
-            if cfg.sinks.video:
-                run.outputs["video"] = out_dir / f"{run.source_id}.mp4"
-                sinks.append(stack.enter_context(VideoSink(
-                    run.outputs["video"], info, codec=cfg.sinks.codec, preset=cfg.sinks.preset, crf=cfg.sinks.crf,
-                    annotator=Annotator(overlays=_overlays(engine)),
-                )))
             images = source.names if info.is_image_sequence else None  # each frame's file, as outputs name it
-            if cfg.sinks.detections:
-                run.outputs["detections"] = out_dir / f"{run.source_id}.detections.jsonl"
-                sinks.append(stack.enter_context(DetectionsJsonlSink(run.outputs["detections"], info, files=images)))
-            if cfg.sinks.coco and images is not None:
-                run.outputs["coco"] = out_dir / f"{run.source_id}.coco.json"
-                coco = stack.enter_context(CocoResultsSink(
-                    run.outputs["coco"], info, images=images, class_names=_vocabulary(self.backend.class_names),
-                    annotations=cfg.sinks.coco_annotations,
-                ))
-                run.outputs["coco_categories"] = coco.categories_path
-                sinks.append(coco)
-            if tracker is not None:
-                self._tracking_outputs(run, tracker, engine, sinks, stack)
-            if not run.outputs:
+            stream = stack.enter_context(StreamProcessor(cfg, info, self.backend.class_names, out_dir,
+                                                         images=images, source_id=run.source_id))
+            run.outputs = stream.outputs
+            if not run.outputs and stream.engine is None:  # (event rules still log their events)
                 raise ConfigError(f"{run.source_id}: nothing to write: every output for this source is switched off "
                                   f"([sinks], --no-video, --no-detections)")
             _remove_stale(run, earlier)
@@ -219,48 +135,25 @@ class Runner:
                 Node("decode", lambda _: iter(source)),
                 Node("detect", detect_stage(self.backend, cfg.model.batch_size), graph.queue_size, "block"),
             ]
-            if tracker is not None:
-                lookahead = cfg.tracker.config.min_hits - 1
-                nodes.append(Node("track", track_stage(tracker, lookahead), graph.queue_size, "block"))
-            if engine is not None:
-                nodes.append(Node("events", events_stage(engine), graph.queue_size, "block"))
-            nodes.append(Node("write", write_stage(sinks, lambda _: bar.update(1)), graph.queue_size, "block"))
+            def outputs_exhausted():  # every output failed: nothing more to decode for
+                run.stopped_by_errors = True
+                self.stop(drain=False)
+
+            nodes += [Node(name, stage, graph.queue_size, "block")
+                      for name, stage in stream.stages(lambda _: bar.update(1), outputs_exhausted)]
             self._pipeline = Pipeline(nodes)
             try:
                 run.report = self._pipeline.run(handle_signals=handle_signals)
             finally:
                 self._pipeline = None
-            if not run.report.interrupted and bar.total is not None and bar.n != bar.total:
+                stream.close()  # before reading its errors: the tracks file is written on close
+                run.errors = list(stream.errors)
+            if not run.report.interrupted and not run.errors and bar.total is not None and bar.n != bar.total:
                 bar.total = bar.n  # the container's frame count was an estimate: a finished source ends at 100%
                 bar.refresh()
             if info.is_image_sequence:
                 run.skipped = list(source.skipped)
         return run
-
-    def _tracking_outputs(self, run: SourceRun, tracker: Tracker, engine: EventEngine | None, sinks: list,
-                          stack: ExitStack) -> None:
-        """The tracks file and the sinks of the tracker's and the rules' outputs (appended to ``sinks``)."""
-        cfg, out_dir, info = self.config, Path(self.config.output_dir), run.info
-        if cfg.sinks.tracks:
-            run.outputs["tracks"] = out_dir / f"{run.source_id}.tracks.txt"
-            # written when the source's outputs are closed, after the graph has finished: also after an error
-            tracks = run.outputs["tracks"]
-            stack.push(lambda exc_type, exc, tb: close_after(lambda: write_tracks(tracks, tracker), exc))
-        events = cfg.events
-        if engine is not None and cfg.sinks.events:
-            run.outputs["events"] = out_dir / f"{run.source_id}.events.jsonl"
-            sinks.append(stack.enter_context(EventsJsonlSink(run.outputs["events"], info)))
-        if engine is not None and engine.zones and cfg.sinks.zone_counts:
-            run.outputs["zone_counts"] = out_dir / f"{run.source_id}.zone_counts.csv"
-            vocabulary = _vocabulary(self.backend.class_names)
-            columns = {z.name: z.config.classes or vocabulary for z in engine.zones}
-            sinks.append(stack.enter_context(ZoneCountsCsvSink(run.outputs["zone_counts"], info, columns)))
-        if cfg.sinks.summary:
-            run.outputs["summary"] = out_dir / f"{run.source_id}.summary.png"
-            sinks.append(stack.enter_context(SummarySink(
-                run.outputs["summary"], info, zones=[z.name for z in events.zones],
-                lines=[line.name for line in events.lines], collision=events.collision is not None,
-            )))
 
     def _unique_id(self, source_id: str) -> str:
         """Two sources with the same stem must not overwrite each other's outputs."""
@@ -289,33 +182,6 @@ def _remove_stale(run: SourceRun, earlier: list[Path]) -> None:
         log.info("%s: outputs of an earlier run in %s: replaced %s; removed %s (not written by this run)",
                  run.source_id, earlier[0].parent, ", ".join(replaced) or "none",
                  ", ".join(path.name for path in stale) or "none")
-
-
-def _overlays(engine: EventEngine | None) -> list[Overlay]:
-    """The rules' zones, lines (arrows A -> B: "in" is to their right) and ego lane, for the annotated video."""
-    if engine is None:
-        return []
-    overlays = [Overlay(z.name, z.config.polygon) for z in engine.zones]
-    overlays += [Overlay(line.name, line.config.points, "arrow") for line in engine.lines]
-    overlays += [Overlay(r.name, r.config.ego_lane) for r in engine.rules if isinstance(r, CollisionRule)]
-    return overlays
-
-
-def warn_unknown_event_classes(config: PipelineConfig, class_names: Sequence[str]) -> None:
-    """One warning line naming the classes that event rules ask for and the model does not know (a COCO pipeline
-    with the demo model: truck, bus); nothing for a model without classes (``backend = none``)."""
-    vocabulary = _vocabulary(class_names)
-    unknown = config.events.unknown_classes(vocabulary) if vocabulary and config.events.enabled else {}
-    if unknown:
-        named = "; ".join(f"{rule}: {', '.join(classes)}" for rule, classes in unknown.items())
-        log.warning("event rules name classes the model does not know (%s); it knows %s", named,
-                    ", ".join(vocabulary))
-
-
-def _vocabulary(class_names: Sequence[str]) -> tuple[str, ...]:
-    """A model's real class names: without the background and COCO's unused ``N/A`` slots, each once."""
-    skip = {"", "__background__", "background", "N/A"}
-    return tuple(dict.fromkeys(name for name in class_names if name not in skip))
 
 
 def _source_kwargs(cfg: PipelineConfig) -> dict:

@@ -19,9 +19,10 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 
@@ -279,3 +280,50 @@ class EventClipper:
             self.clips.append(path)
             log.info("clip_written source=%s path=%s from=%.2fs to=%.2fs", self.source_id, path,
                      chosen[0].wall - clip.event_wall, chosen[-1].wall - clip.event_wall)
+
+
+RECORDING_TIME_BASE = Fraction(1, 90000)
+
+
+class RollingVideoSink:
+    """The annotated video of an endless stream as MP4 files of ``seconds`` of stream time each
+    (``<folder>/<id>-<UTC time>.mp4``), and a new file when the picture size changes: one growing MP4 would keep
+    its whole index in memory and be unplayable until closed. ``make_sink(path)`` opens one file's sink (a
+    :class:`~streamseg.sinks.VideoSink`).
+
+    Frames go to that sink with pts taken from ``Frame.time`` (1/90000 s): a camera's pts restart at every
+    reconnect, while a video needs times that keep increasing.
+    """
+
+    def __init__(self, folder: Path, source_id: str, seconds: float, make_sink: Callable[[Path], object]):
+        self.folder, self.source_id, self.seconds, self.make_sink = Path(folder), source_id, seconds, make_sink
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files: list[Path] = []
+        self._sink = None
+        self._start: float = 0.0
+        self._size: tuple[int, int] | None = None
+
+    def write(self, result) -> None:
+        frame = result.frame
+        size = (frame.width, frame.height)
+        if self._sink is not None and (frame.time - self._start >= self.seconds or size != self._size):
+            self.close()
+        if self._sink is None:
+            path = self.folder / f"{self.source_id}-{utc_stamp(frame.capture_time)}.mp4"
+            if path in self.files:
+                path = path.with_name(f"{path.stem}-{len(self.files)}.mp4")
+            self._sink, self._start, self._size = self.make_sink(path), frame.time, size
+            self.files.append(path)
+        timed = replace(frame, pts=round(frame.time / RECORDING_TIME_BASE), time_base=RECORDING_TIME_BASE)
+        self._sink.write(replace(result, frame=timed))
+
+    def close(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.close()
+
+    def __enter__(self) -> "RollingVideoSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
