@@ -12,8 +12,10 @@ A file has top-level ``sources`` and ``output_dir`` plus one table per stage kin
     [events]   units, [[events.zones]], [[events.lines]], [events.collision]  (streamseg.events.config)
     [live]     live streams (rtsp://, http(s)://, v4l2://): transport, timeouts, reconnect, metrics, recording
 
-Unknown keys and wrong types are errors that name the key, the file and what was expected: a typo must never
-silently fall back to a default.
+Unknown keys, wrong types and values out of range are one-line errors that name the file, the key, what is
+allowed and the value (``p.toml: sinks.crf: expected an integer 0..51, got 99``), raised while the config is
+built, before any model loads: a typo must never silently fall back to a default. Each dataclass checks its own
+fields (:mod:`streamseg.checks`), so Python callers get the same errors as files and flags.
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from streamseg.checks import bad, booleans, choice, host, integer, names, number, text
 from streamseg.errors import ConfigError
 from streamseg.events.config import CollisionConfig, EventsConfig, LineConfig, ZoneConfig
 from streamseg.models.backend import ModelOptions
 from streamseg.tracking.tracker import TrackerConfig
 
 GRAPH_POLICIES = ("block", "drop_oldest")
+TRANSPORTS = ("tcp", "udp")
+BACKEND_NAMES = ("auto", "torch", "onnx", "tensorrt", "none")
+"""``backend``: the keys of ``streamseg.models.BACKENDS``, named here so that checking them does not import torch."""
 
 
 @dataclass(frozen=True)
@@ -43,12 +49,9 @@ class SourceOptions:
     max_frames: int | None = None
 
     def __post_init__(self):
-        if self.stride < 1:
-            raise ConfigError(f"source.stride: expected >= 1, got {self.stride}")
-        if self.target_fps is not None and self.target_fps <= 0:
-            raise ConfigError(f"source.target_fps: expected > 0, got {self.target_fps}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ConfigError(f"source.max_frames: expected >= 1, got {self.max_frames}")
+        integer("source.stride", self.stride, 1)
+        number("source.target_fps", self.target_fps, above=0, optional=True)
+        integer("source.max_frames", self.max_frames, 1, optional=True)
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,8 @@ class GraphOptions:
     are never dropped from, whatever this says: decoding waits for the model (``block``)."""
 
     def __post_init__(self):
-        if self.policy not in GRAPH_POLICIES:
-            raise ConfigError(f"graph.policy: expected one of {GRAPH_POLICIES}, got {self.policy!r}")
-        if self.queue_size < 1:
-            raise ConfigError(f"graph.queue_size: expected >= 1, got {self.queue_size}")
+        integer("graph.queue_size", self.queue_size, 1)
+        choice("graph.policy", self.policy, GRAPH_POLICIES)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,14 @@ class SinkOptions:
     """With zones: occupancy per zone and class, one CSV row per processed frame."""
     summary: bool = True
     """With the tracker: PNG summary at the end (counts per class over time, dwell histogram)."""
+
+    def __post_init__(self):
+        booleans(self, "sinks")
+        text("sinks.coco_annotations", self.coco_annotations, optional=True)
+        # the encoder's own checks (PyAV, imported here rather than with this module); opened only when it is used
+        from streamseg.sinks.video import check_encoder, check_encoder_options
+
+        (check_encoder if self.video else check_encoder_options)(self.codec, self.preset, self.crf)
 
 
 @dataclass(frozen=True)
@@ -125,24 +134,22 @@ class LiveOptions:
     clip_post: float = 5.0
 
     def __post_init__(self):
-        checks = {
-            "transport": self.transport in ("tcp", "udp"),
-            "connect_timeout": self.connect_timeout > 0,
-            "read_timeout": self.read_timeout > 0,
-            "connect_attempts": self.connect_attempts >= 1,
-            "reconnect_initial": self.reconnect_initial > 0,
-            "reconnect_max": self.reconnect_max >= self.reconnect_initial,
-            "max_attempts": self.max_attempts is None or self.max_attempts >= 1,
-            "buffer": self.buffer >= 1,
-            "metrics_port": self.metrics_port is None or 0 <= self.metrics_port <= 65535,
-            "segment_minutes": self.segment_minutes is None or self.segment_minutes > 0,
-            "keep_segments": self.keep_segments is None or self.keep_segments >= 1,
-            "clip_pre": self.clip_pre >= 0,
-            "clip_post": self.clip_post >= 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"live.{name}: invalid value {getattr(self, name)!r}")
+        choice("live.transport", self.transport, TRANSPORTS)
+        for name in ("connect_timeout", "read_timeout", "reconnect_initial", "reconnect_max"):
+            number(f"live.{name}", getattr(self, name), above=0)
+        if self.reconnect_max < self.reconnect_initial:
+            raise bad("live.reconnect_max", f"a number >= live.reconnect_initial ({self.reconnect_initial})",
+                      self.reconnect_max)
+        for name in ("connect_attempts", "buffer"):
+            integer(f"live.{name}", getattr(self, name), 1)
+        integer("live.max_attempts", self.max_attempts, 1, optional=True)
+        integer("live.metrics_port", self.metrics_port, 0, 65535, optional=True)
+        host("live.metrics_host", self.metrics_host)
+        number("live.segment_minutes", self.segment_minutes, above=0, optional=True)
+        integer("live.keep_segments", self.keep_segments, 1, optional=True)
+        for name in ("clip_pre", "clip_post"):
+            number(f"live.{name}", getattr(self, name), 0)
+        booleans(self, "live")
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,9 @@ class TrackerOptions:
 
     enabled: bool = False
     config: TrackerConfig = field(default_factory=TrackerConfig)
+
+    def __post_init__(self):
+        booleans(self, "tracker")
 
 
 @dataclass(frozen=True)
@@ -168,6 +178,9 @@ class PipelineConfig:
     live: LiveOptions = field(default_factory=LiveOptions)
 
     def __post_init__(self):
+        object.__setattr__(self, "sources", names("sources", self.sources))
+        text("output_dir", self.output_dir)
+        choice("backend", self.backend, BACKEND_NAMES)
         if self.events.enabled and not self.tracker.enabled:
             raise ConfigError("[events] needs tracks: add a [tracker] table (enabled = true) or pass --track")
 
@@ -226,7 +239,7 @@ def build_config(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = N
             else:
                 values[name] = _build_section(SECTIONS[name], value, name, origin)
         else:
-            values[name] = _coerce(value, top_fields[name], name, origin)
+            values[name] = _coerce(value, top_fields[name])
     try:
         return PipelineConfig(**values)
     except ConfigError as err:
@@ -238,19 +251,21 @@ def _build_section(cls, table: Mapping[str, Any], section: str, origin: str):
     unknown = sorted(set(table) - set(hints))
     if unknown:
         raise ConfigError(f"{origin}: unknown key '{section}.{unknown[0]}' (known: {', '.join(hints)})")
-    return cls(**{k: _coerce(v, hints[k], f"{section}.{k}", origin) for k, v in table.items()})
+    try:
+        return cls(**{k: _coerce(v, hints[k]) for k, v in table.items()})
+    except ConfigError as err:
+        raise ConfigError(f"{origin}: {err}") from None
 
 
 def _build_tracker(table: Mapping[str, Any], origin: str) -> TrackerOptions:
     hints = typing.get_type_hints(TrackerConfig)
-    hints["distance"] = str  # a callable distance is for the Python API; a file names one
     known = ["enabled", *hints]
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise ConfigError(f"{origin}: unknown key 'tracker.{unknown[0]}' (known: {', '.join(known)})")
     # a [tracker] table means tracking unless it says enabled = false: settings written for nothing would mislead
-    enabled = _coerce(table.get("enabled", True), bool, "tracker.enabled", origin)
-    settings = {k: _coerce(v, hints[k], f"tracker.{k}", origin) for k, v in table.items() if k != "enabled"}
+    enabled = table.get("enabled", True)
+    settings = {k: _coerce(v, hints[k]) for k, v in table.items() if k != "enabled"}
     try:
         return TrackerOptions(enabled, TrackerConfig(**settings))
     except ConfigError as err:  # its messages name "TrackerConfig.<field>": say where the user wrote it
@@ -259,6 +274,8 @@ def _build_tracker(table: Mapping[str, Any], origin: str) -> TrackerOptions:
 
 _POINT_KEYS = ("polygon", "points", "ego_lane")  # validated by the events' own dataclasses
 _EVENT_TABLES = {"zones": ZoneConfig, "lines": LineConfig}
+_RULE_KINDS = {ZoneConfig: "zone", LineConfig: "line", CollisionConfig: "collision"}
+"""How each rule names itself in its errors (``zone 'door'.dwell_seconds``, ``collision.ttc_seconds``)."""
 
 
 def _build_events(table: Mapping[str, Any], origin: str) -> EventsConfig:
@@ -281,7 +298,7 @@ def _build_events(table: Mapping[str, Any], origin: str) -> EventsConfig:
         values["collision"] = _build_rule(CollisionConfig, table["collision"], "events.collision", origin)
     for key, kind in (("units", str), ("occlusion_hold", float), ("occlusion_ratio", float)):
         if key in table:
-            values[key] = _coerce(table[key], kind, f"events.{key}", origin)
+            values[key] = _coerce(table[key], kind)
     try:
         return EventsConfig(**values)
     except ConfigError as err:
@@ -298,29 +315,27 @@ def _build_rule(cls, table: Mapping[str, Any], key: str, origin: str):
     missing = [name for name in required if name not in table]
     if missing:
         raise ConfigError(f"{origin}: {key}: missing key '{missing[0]}'")
-    values = {k: v if k in _POINT_KEYS else _coerce(v, hints[k], f"{key}.{k}", origin) for k, v in table.items()}
+    values = {k: v if k in _POINT_KEYS else _coerce(v, hints[k]) for k, v in table.items()}
     try:
         return cls(**values)
-    except ConfigError as err:
-        raise ConfigError(f"{origin}: {key}: {err}") from None
+    except ConfigError as err:  # say the key as the file writes it: events.zones[0].dwell_seconds
+        message, kind = str(err), _RULE_KINDS[cls]
+        for label in (f"{kind} {table.get('name')!r}.", f"{kind}."):
+            if message.startswith(label):
+                raise ConfigError(f"{origin}: {key}.{message[len(label):]}") from None
+        raise ConfigError(f"{origin}: {key}: {message}") from None
 
 
-def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
-    """Check ``value`` against a simple type hint (bool, int, float, str, tuple[str, ...], X | None)."""
-    args = typing.get_args(hint)
+def _coerce(value: Any, hint: Any) -> Any:
+    """A TOML value as the field's type where TOML has no such type: an int where a float is expected becomes a
+    float, a list (or a comma-separated string, from a flag) a tuple. Everything else is left for the dataclass,
+    whose own checks name the key, the range and the value."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, args[0]) for v in value):
-            raise ConfigError(f"{origin}: {key}: expected a list of {args[0].__name__}, got {value!r}")
-        return tuple(value)
+        return tuple(value) if isinstance(value, list) else value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{origin}: {key}: expected {hint.__name__}, got {value!r}")
     return value

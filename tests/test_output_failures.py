@@ -303,5 +303,5 @@ def test_bad_preset_fails_before_any_output(videos, tmp_path):
     out = tmp_path / "out"
     proc = streamseg("run", videos / "edge_cases/fire2.mp4", "-o", out, "--backend", "none", "--no-progress",
                      "--preset", "ludicrous")
-    one_error_line(proc, "preset 'ludicrous'", "ultrafast")
+    one_error_line(proc, "sinks.preset", "got 'ludicrous'", "ultrafast")
     assert not out.exists() or list(out.iterdir()) == []

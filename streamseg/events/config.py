@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from streamseg.checks import bad, choice, integer, names, number, text
 from streamseg.errors import ConfigError
 from streamseg.ops.geometry import ANCHORS
 
@@ -61,28 +62,9 @@ def _points(value: Any, what: str, minimum: int, exactly: bool = False) -> tuple
     return tuple((float(x), float(y)) for x, y in value)
 
 
-def _classes(value: Any, what: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{what}: expected a list of class names, got {value!r}")
-    return tuple(value)
-
-
 def _check_common(owner, what: str) -> None:
-    if owner.anchor not in ANCHORS:
-        raise ConfigError(f"{what}.anchor: expected one of {ANCHORS}, got {owner.anchor!r}")
-    object.__setattr__(owner, "classes", _classes(owner.classes, f"{what}.classes"))
-
-
-def _check_name(name: Any, what: str) -> None:
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{what}.name: expected a non-empty string, got {name!r}")
-
-
-def _check_min_frames(value: Any, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what}.min_frames: expected an integer >= 1, got {value!r}")
+    choice(f"{what}.anchor", owner.anchor, ANCHORS)
+    object.__setattr__(owner, "classes", names(f"{what}.classes", owner.classes))
 
 
 @dataclass(frozen=True)
@@ -101,12 +83,11 @@ class ZoneConfig:
 
     def __post_init__(self):
         what = f"zone {self.name!r}"
-        _check_name(self.name, "zone")
+        text("zone.name", self.name)
         object.__setattr__(self, "polygon", _points(self.polygon, f"{what}.polygon", 3))
         _check_common(self, what)
-        if self.dwell_seconds is not None and not (_number(self.dwell_seconds) and self.dwell_seconds > 0):
-            raise ConfigError(f"{what}.dwell_seconds: expected a number > 0, got {self.dwell_seconds!r}")
-        _check_min_frames(self.min_frames, what)
+        number(f"{what}.dwell_seconds", self.dwell_seconds, above=0, optional=True)
+        integer(f"{what}.min_frames", self.min_frames, 1)
 
 
 @dataclass(frozen=True)
@@ -121,13 +102,13 @@ class LineConfig:
 
     def __post_init__(self):
         what = f"line {self.name!r}"
-        _check_name(self.name, "line")
+        text("line.name", self.name)
         points = _points(self.points, f"{what}.points", 2, exactly=True)
         if points[0] == points[1]:
             raise ConfigError(f"{what}.points: expected two distinct points, got {self.points!r}")
         object.__setattr__(self, "points", points)
         _check_common(self, what)
-        _check_min_frames(self.min_frames, what)
+        integer(f"{what}.min_frames", self.min_frames, 1)
 
 
 @dataclass(frozen=True)
@@ -156,19 +137,14 @@ class CollisionConfig:
 
     def __post_init__(self):
         what = "collision"
-        _check_name(self.name, what)
+        text(f"{what}.name", self.name)
         object.__setattr__(self, "ego_lane", _points(self.ego_lane, f"{what}.ego_lane", 3))
         _check_common(self, what)
         for name in ("ttc_seconds", "window_seconds"):
-            value = getattr(self, name)
-            if not (_number(value) and value > 0):
-                raise ConfigError(f"{what}.{name}: expected a number > 0, got {value!r}")
-        if not (_number(self.min_height) and self.min_height >= 0):
-            raise ConfigError(f"{what}.min_height: expected a number >= 0, got {self.min_height!r}")
-        if not (_number(self.rearm_factor) and self.rearm_factor >= 1):
-            raise ConfigError(f"{what}.rearm_factor: expected a number >= 1, got {self.rearm_factor!r}")
-        if isinstance(self.min_samples, bool) or not isinstance(self.min_samples, int) or self.min_samples < 2:
-            raise ConfigError(f"{what}.min_samples: expected an integer >= 2, got {self.min_samples!r}")
+            number(f"{what}.{name}", getattr(self, name), above=0)
+        number(f"{what}.min_height", self.min_height, 0)
+        number(f"{what}.rearm_factor", self.rearm_factor, 1)
+        integer(f"{what}.min_samples", self.min_samples, 2)
 
 
 @dataclass(frozen=True)
@@ -188,14 +164,16 @@ class EventsConfig:
     """A box counts as cut from below when shorter than this fraction of that remembered height."""
 
     def __post_init__(self):
-        if self.units not in UNITS:
-            raise ConfigError(f"events.units: expected one of {UNITS}, got {self.units!r}")
-        if not (_number(self.occlusion_hold) and self.occlusion_hold >= 0):
-            raise ConfigError(f"events.occlusion_hold: expected seconds >= 0, got {self.occlusion_hold!r}")
-        if not (_number(self.occlusion_ratio) and 0 < self.occlusion_ratio < 1):
-            raise ConfigError(f"events.occlusion_ratio: expected a number in (0, 1), got {self.occlusion_ratio!r}")
-        object.__setattr__(self, "zones", tuple(self.zones))
-        object.__setattr__(self, "lines", tuple(self.lines))
+        choice("events.units", self.units, UNITS)
+        number("events.occlusion_hold", self.occlusion_hold, 0)
+        number("events.occlusion_ratio", self.occlusion_ratio, above=0, below=1)
+        for key, kind in (("zones", ZoneConfig), ("lines", LineConfig)):
+            rules = getattr(self, key)
+            if not isinstance(rules, (list, tuple)) or not all(isinstance(rule, kind) for rule in rules):
+                raise bad(f"events.{key}", f"a list of {kind.__name__}", rules)
+            object.__setattr__(self, key, tuple(rules))
+        if self.collision is not None and not isinstance(self.collision, CollisionConfig):
+            raise bad("events.collision", "a CollisionConfig or None", self.collision)
         names = [z.name for z in self.zones] + [line.name for line in self.lines]
         if self.collision is not None:
             names.append(self.collision.name)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
 
+from streamseg.checks import bad, booleans, integer, names, number, text
 from streamseg.errors import ConfigError
 from streamseg.types import Detections, Frame
+
+
+DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+"""``cpu``, ``cuda`` (the current GPU) or ``cuda:N`` (GPU index N)."""
 
 
 @dataclass(frozen=True)
@@ -40,22 +46,22 @@ class ModelOptions:
     """Half precision autocast; CUDA only."""
 
     def __post_init__(self):
-        checks = {
-            "min_size": self.min_size is None or self.min_size > 0,
-            "max_size": self.max_size is None or self.max_size >= (self.min_size or 1),
-            "score_threshold": 0.0 <= self.score_threshold <= 1.0,
-            "mask_threshold": 0.0 < self.mask_threshold < 1.0,
-            "max_detections": self.max_detections is None or self.max_detections > 0,
-            "rpn_post_nms_top_n": self.rpn_post_nms_top_n is None or self.rpn_post_nms_top_n > 0,
-            "batch_size": self.batch_size > 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"model.{name}: invalid value {getattr(self, name)!r}")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"model.device: expected 'cpu' or 'cuda[:N]', got {self.device!r}")
+        text("model.arch", self.arch)  # its names live with the torch builders: the backend checks them
+        text("model.weights", self.weights, optional=True)
+        for name in ("min_size", "max_size", "max_detections", "rpn_post_nms_top_n"):
+            integer(f"model.{name}", getattr(self, name), 1, optional=True)
+        integer("model.batch_size", self.batch_size, 1)
+        if None not in (self.min_size, self.max_size) and self.max_size < self.min_size:
+            raise bad("model.max_size", f"an integer >= model.min_size ({self.min_size})", self.max_size)
+        number("model.score_threshold", self.score_threshold, 0, 1)
+        number("model.mask_threshold", self.mask_threshold, above=0, below=1)
+        object.__setattr__(self, "classes", names("model.classes", self.classes))
+        if not (isinstance(self.device, str) and DEVICE.fullmatch(self.device)):
+            raise bad("model.device", "cpu, cuda or cuda:N (N: a GPU index)", self.device)
+        booleans(self, "model")
         if self.fp16 and not self.device.startswith("cuda"):
-            raise ConfigError("model.fp16: half precision needs device='cuda' (it is ~100x slower on this CPU)")
+            raise bad("model.fp16", "false unless model.device is cuda[:N] (half precision is ~100x slower on this "
+                      "CPU)", self.fp16)
 
 
 class Backend(Protocol):

@@ -40,6 +40,7 @@ import av
 import cv2
 import numpy as np
 
+from streamseg.checks import choice, integer, text
 from streamseg.errors import ConfigError, output_error
 from streamseg.sinks.annotate import Annotator
 from streamseg.sinks.base import Sink
@@ -49,6 +50,9 @@ __all__ = ["VideoSink"]
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
+X264_CODECS = ("libx264", "libx265")
+"""Encoders that take :data:`X264_PRESETS` and a crf of 0..51 (the 8-bit scale: yuv420p is what is written; 0 is
+lossless for libx264, 51 the worst quality)."""
 BUFFER = 32768
 """Bytes FFmpeg collects before it writes them to the file."""
 SPARE_BYTES = 4 * BUFFER
@@ -77,8 +81,7 @@ class VideoSink(Sink):
         annotator: Annotator | None = None,
         default_fps: Fraction | float = 25,
     ):
-        if not 0 <= int(crf) <= 51:
-            raise ValueError(f"crf: expected an integer in [0, 51], got {crf}")
+        check_encoder(codec, preset, crf)
         self.path = Path(path)
         self.info = info
         self.annotator = Annotator() if annotator is None else annotator
@@ -88,8 +91,7 @@ class VideoSink(Sink):
         self.fps = Fraction(info.fps) if info.fps else default_fps
         """Stream rate written to the container (``info.fps``, else ``default_fps``)."""
         self._codec = codec
-        self._options = {"preset": str(preset), "crf": str(int(crf)), "bf": "0"}
-        _check_encoder(codec, self._options)
+        self._options = _encoder_options(preset, crf)
         self._out = _Output(self.path, max(info.frame_count or 0, 1024))
         self._container = av.open(self._out, mode="w", format="mp4", options={"movflags": "+faststart"},
                                   buffer_size=BUFFER, io_open=self._reopen)
@@ -221,22 +223,38 @@ class VideoSink(Sink):
         return open(self.path, "rb")
 
 
-def _check_encoder(codec: str, options: dict[str, str]) -> None:
-    """Open the encoder once on a tiny picture: a bad codec or option fails here, before any output exists."""
+def check_encoder_options(codec: str, preset: str, crf: int) -> None:
+    """``sinks.codec``, ``preset`` and ``crf`` by type and range, without FFmpeg: libx264 takes a crf of 99 and
+    silently clamps it to 51, so the range is checked here rather than left to the encoder."""
+    text("sinks.codec", codec)
+    if codec in X264_CODECS:
+        choice("sinks.preset", preset, X264_PRESETS)
+        integer("sinks.crf", crf, 0, 51)
+    else:  # other encoders have their own presets and scales (libvpx-vp9: crf 0..63): the encoder judges
+        text("sinks.preset", preset)
+        integer("sinks.crf", crf, 0)
+
+
+def _encoder_options(preset: str, crf: int) -> dict[str, str]:
+    return {"preset": preset, "crf": str(crf), "bf": "0"}
+
+
+def check_encoder(codec: str, preset: str, crf: int) -> None:
+    """:func:`check_encoder_options`, then open the encoder once on a tiny picture: a codec this FFmpeg lacks or
+    an option it rejects fails here, before any output exists (and, from the pipeline config, before the model
+    loads)."""
+    check_encoder_options(codec, preset, crf)
     try:
         context = av.CodecContext.create(codec, "w")
     except ValueError as err:  # UnknownCodecError
         raise ConfigError(f"sinks.codec: no encoder named {codec!r} in this FFmpeg") from err
     context.width, context.height, context.pix_fmt, context.time_base = 64, 64, "yuv420p", Fraction(1, 25)
-    context.options = dict(options)
+    context.options = _encoder_options(preset, crf)
     try:
         context.open()
     except av.FFmpegError as err:
-        hint = ""
-        if codec in ("libx264", "libx265") and options["preset"] not in X264_PRESETS:
-            hint = f"; presets: {', '.join(X264_PRESETS)}"
-        raise ConfigError(f"sinks: the {codec} encoder rejects preset {options['preset']!r} with crf "
-                          f"{options['crf']} ({err.strerror}){hint}") from err
+        raise ConfigError(f"sinks: the {codec} encoder rejects preset {preset!r} with crf {crf} "
+                          f"({err.strerror})") from err
 
 
 class _Output:

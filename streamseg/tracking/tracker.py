@@ -49,15 +49,15 @@ Example::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
 
+from streamseg.checks import bad, booleans, choice, integer, number
 from streamseg.errors import ConfigError
-from streamseg.tracking.association import (DISTANCES, DistanceLike, assign, box_iou, check_assigner, get_distance,
-                                           iou_distance)
+from streamseg.tracking.association import (ASSIGNERS, DISTANCES, DistanceLike, assign, box_iou, check_assigner,
+                                           get_distance, iou_distance)
 from streamseg.tracking.kalman import BoxKalman
 from streamseg.types import UNTRACKED, Detections, InstanceMasks
 
@@ -112,38 +112,24 @@ class TrackerConfig:
     """Kalman velocity noise per frame as a fraction of the box size."""
 
     def __post_init__(self):
-        def bad(name: str, expected: str):
-            raise ConfigError(f"TrackerConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
-
-        for name in ("high_threshold", "low_threshold", "new_track_threshold", "position_noise", "velocity_noise"):
-            value = getattr(self, name)
-            if name == "new_track_threshold" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                bad(name, "a finite number")
+        key = "TrackerConfig.{}".format  # the pipeline config says "tracker." instead
+        for name in ("high_threshold", "low_threshold"):  # any scale: raw DPM scores are unbounded
+            number(key(name), getattr(self, name))
         if self.low_threshold > self.high_threshold:
-            raise ConfigError(f"TrackerConfig: low_threshold ({self.low_threshold!r}) must be <= high_threshold "
-                              f"({self.high_threshold!r})")
+            raise bad(key("low_threshold"), f"a number <= high_threshold ({self.high_threshold!r})",
+                      self.low_threshold)
+        number(key("new_track_threshold"), self.new_track_threshold, optional=True)
         for name in ("max_distance", "max_distance_low", "max_distance_tentative"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                bad(name, "a number in [0, 1]")
-        for name, low in (("min_hits", 1), ("max_lost", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                bad(name, f"an integer >= {low}")
-        seconds = self.max_lost_seconds
-        number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
-        if seconds is not None and not (number and seconds >= 0):
-            bad("max_lost_seconds", "None or a number >= 0")
-        for name in ("smooth_boxes", "class_agnostic"):
-            if not isinstance(getattr(self, name), bool):
-                bad(name, "True or False")
-        if not (callable(self.distance) or (isinstance(self.distance, str) and self.distance in DISTANCES)):
-            bad("distance", f"one of {sorted(DISTANCES)} or a callable")
-        if self.position_noise <= 0 or self.velocity_noise <= 0:
-            bad("position_noise" if self.position_noise <= 0 else "velocity_noise", "a number > 0")
-        check_assigner(self.assignment)
+            number(key(name), getattr(self, name), 0, 1)
+        integer(key("min_hits"), self.min_hits, 1)
+        integer(key("max_lost"), self.max_lost, 0)
+        number(key("max_lost_seconds"), self.max_lost_seconds, 0, optional=True)
+        booleans(self, "TrackerConfig")
+        if not callable(self.distance):
+            choice(key("distance"), self.distance, tuple(DISTANCES))
+        check_assigner(choice(key("assignment"), self.assignment, tuple(ASSIGNERS)))
+        for name in ("position_noise", "velocity_noise"):
+            number(key(name), getattr(self, name), above=0)
 
 
 @dataclass(frozen=True)
