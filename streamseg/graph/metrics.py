@@ -31,6 +31,8 @@ class StageMetrics:
     """busy_time / wall time of the run: near 1 marks the bottleneck."""
     latency_p50: float | None
     latency_p99: float | None
+    latency_samples: int
+    """How many service times the percentiles come from: the most recent ones, at most :data:`LATENCY_SAMPLES`."""
 
 
 @dataclass
@@ -84,11 +86,12 @@ class StageClock:
                 self.items_out += 1
                 self._latencies.append(service)
 
-    def read(self) -> tuple[int, int, float, float | None, float | None]:
-        """``(items_in, items_out, busy_time, p50, p99)``."""
+    def read(self) -> tuple[int, int, float, float | None, float | None, int]:
+        """``(items_in, items_out, busy_time, p50, p99, latency samples)``."""
         with self._lock:
             samples = sorted(self._latencies)
-            return self.items_in, self.items_out, self.busy_time, _percentile(samples, 0.5), _percentile(samples, 0.99)
+            return (self.items_in, self.items_out, self.busy_time, _percentile(samples, 0.5),
+                    _percentile(samples, 0.99), len(samples))
 
 
 def _percentile(sorted_samples: list[float], q: float) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from time import perf_counter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from streamseg.graph.metrics import StageClock
 
@@ -129,9 +129,10 @@ class StageInput:
             batch = [first, *inputs.take_ready(batch_size - 1)]
     """
 
-    def __init__(self, edge: Edge, clock: StageClock):
+    def __init__(self, edge: Edge, clock: StageClock, now: Callable[[], float] = perf_counter):
         self._edge = edge
         self._clock = clock
+        self._now = now
         self._finished = False
 
     def __iter__(self) -> Iterator[Any]:
@@ -140,9 +141,9 @@ class StageInput:
     def __next__(self) -> Any:
         if self._finished:
             raise StopIteration
-        started = perf_counter()
+        started = self._now()
         item = self._edge.get()
-        waited = perf_counter() - started
+        waited = self._now() - started
         if item is EOS:
             self._clock.took(0, waited)
             self._finished = True

@@ -52,9 +52,12 @@ class Pipeline:
     [3, 3]
 
     A Pipeline runs once. :meth:`stop` and :meth:`metrics` may be called from any thread while it runs.
+
+    ``clock`` (seconds, monotonic) times the run, the stages' busy time and their latencies; a simulation or a
+    test can pass its own, for example one that advances only when a stage does known work.
     """
 
-    def __init__(self, nodes: Sequence[Node]):
+    def __init__(self, nodes: Sequence[Node], clock: Callable[[], float] = perf_counter):
         nodes = list(nodes)
         if not nodes:
             raise ConfigError("Pipeline: expected at least one node, got none")
@@ -67,6 +70,7 @@ class Pipeline:
         self._inboxes = [Edge(node.inbox, node.policy) for node in nodes]
         self._inboxes[0].end()
         self._clocks = [StageClock() for _ in nodes]
+        self._now = clock
         self._lock = threading.RLock()  # reentrant: stop() may run in a signal handler on a thread that holds it
         self._stop_requested = threading.Event()
         self._aborted = threading.Event()
@@ -93,7 +97,7 @@ class Pipeline:
             threading.Thread(target=self._run_node, args=(i,), name=f"streamseg:{node.name}", daemon=False)
             for i, node in enumerate(self._nodes)
         ]
-        self._start_time = perf_counter()
+        self._start_time = self._now()
         with self._signals_call_stop(handle_signals):
             try:
                 for thread in threads:
@@ -108,7 +112,7 @@ class Pipeline:
                         thread.join()
                 raise
             finally:
-                self._end_time = perf_counter()
+                self._end_time = self._now()
         if self._failure is not None:
             stage, original = self._failure
             raise StageError(stage, original) from original
@@ -131,16 +135,16 @@ class Pipeline:
         if self._start_time is None:
             wall = 0.0
         else:
-            wall = (perf_counter() if self._end_time is None else self._end_time) - self._start_time
+            wall = (self._now() if self._end_time is None else self._end_time) - self._start_time
         snapshot = []
         for i, (node, clock, inbox) in enumerate(zip(self._nodes, self._clocks, self._inboxes)):
             depth, high_water, dropped = inbox.stats()
-            items_in, items_out, busy, p50, p99 = clock.read()
+            items_in, items_out, busy, p50, p99, samples = clock.read()
             snapshot.append(StageMetrics(
                 name=node.name, policy=node.policy if i else "-", queue_capacity=node.inbox if i else 0,
                 queue_depth=depth, queue_high_water=high_water, dropped=dropped, items_in=items_in,
                 items_out=items_out, busy_time=busy, busy_fraction=busy / wall if wall > 0 else 0.0,
-                latency_p50=p50, latency_p99=p99,
+                latency_p50=p50, latency_p99=p99, latency_samples=samples,
             ))
         return snapshot
 
@@ -149,19 +153,20 @@ class Pipeline:
         node, inbox, clock = self._nodes[index], self._inboxes[index], self._clocks[index]
         outbox = self._inboxes[index + 1] if index + 1 < len(self._nodes) else None
         outputs: Iterator[Any] | None = None
+        now = self._now
         try:
-            step_start = perf_counter()
-            outputs = iter(node.fn(StageInput(inbox, clock)))
+            step_start = now()
+            outputs = iter(node.fn(StageInput(inbox, clock, now)))
             while not self._aborted.is_set() and not (index == 0 and self._stop_requested.is_set()):
                 try:
                     item = next(outputs)
                 except StopIteration:
-                    clock.step_done(perf_counter() - step_start, produced=False)
+                    clock.step_done(now() - step_start, produced=False)
                     break
-                clock.step_done(perf_counter() - step_start, produced=True)
+                clock.step_done(now() - step_start, produced=True)
                 if outbox is not None:
                     outbox.put(item)
-                step_start = perf_counter()
+                step_start = now()
         except (Aborted, ConsumerGone):
             pass  # the graph is aborting, or nobody downstream wants more: not this node's failure
         except BaseException as exc:
