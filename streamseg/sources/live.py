@@ -27,7 +27,8 @@ from av.stream import Discard
 
 from streamseg.errors import ConfigError, SourceError
 from streamseg.redact import redact, redact_url, secrets_of
-from streamseg.sources.base import Source
+from streamseg.sources.base import Source, StreamClock
+from streamseg.sources.video import clockwise, upright
 from streamseg.types import Frame, SourceInfo
 
 log = logging.getLogger(__name__)
@@ -368,14 +369,16 @@ class LiveSource(Source):
         return container
 
     def _read_loop(self) -> None:
-        index, offset, last_time, size = 0, 0.0, None, None
+        index, size, clock = 0, None, None
         try:
             while not self._closing.is_set():
                 container = self._container
                 stream = container.streams.video[0]
                 for tap in self.taps:
                     self._tap(tap.session, stream)
-                t0, start, session_last, reason = None, offset, None, "end of stream"
+                if clock is None:
+                    clock = StreamClock(stream.time_base, stream.average_rate or 25, max_jump=MAX_PTS_JUMP)
+                reason = "end of stream"
                 try:
                     for packet in container.demux(stream):
                         if self._closing.is_set():
@@ -391,27 +394,11 @@ class LiveSource(Source):
                             self.decode_errors += 1  # damaged packet (UDP loss): the next keyframe repairs it
                             continue
                         for picture in decoded:
-                            image = picture.to_ndarray(format="rgb24")
+                            # upright, like a file's frames (a phone streaming portrait sends a display matrix)
+                            image = upright(picture.to_ndarray(format="rgb24"), clockwise(picture))
                             received = time.time()
                             pts = picture.pts
-                            step = 1 / float(stream.average_rate or 25)
-                            if pts is not None and t0 is None:
-                                # this session's clock starts here: right after any frame that came without pts
-                                t0, start = pts, (offset if session_last is None else session_last + step)
-                            if pts is not None:
-                                seconds = start + float((pts - t0) * stream.time_base)
-                                if session_last is not None and not (
-                                        session_last - 1.0 < seconds < session_last + MAX_PTS_JUMP):
-                                    # the camera's clock jumped (reboot without disconnect, timestamp reset):
-                                    # continue from the last frame instead of stalling or leaping
-                                    t0, start = pts, session_last + step
-                                    seconds = start
-                            else:
-                                seconds = (session_last + step) if session_last is not None else offset
-                            session_last = seconds
-                            if last_time is not None and seconds <= last_time:
-                                seconds = last_time + 1e-3
-                            last_time = seconds
+                            seconds = clock(pts)  # the same clock as files, plus the jump repair
                             size = (picture.width, picture.height)
                             self.last_frame_wall = received
                             self._buffer.put(Frame(image, self.source_id, index, seconds, pts,
@@ -434,7 +421,7 @@ class LiveSource(Source):
                 if container is None:
                     return
                 self._container = container
-                offset = (last_time or 0.0) + (time.time() - down_at)
+                clock.restart(clock.now + (time.time() - down_at))  # time goes on through the gap
                 new_stream = container.streams.video[0]
                 new_size = (new_stream.codec_context.width, new_stream.codec_context.height)
                 self.reconnects += 1

@@ -12,7 +12,7 @@ import numpy as np
 from av.stream import Discard, Disposition
 
 from streamseg.errors import ConfigError, SourceError
-from streamseg.sources.base import Source
+from streamseg.sources.base import Source, StreamClock
 from streamseg.types import Frame, SourceInfo
 
 LOOKAHEAD = 8
@@ -112,7 +112,6 @@ class VideoFileSource(Source):
 
         # Timestamps: the container's pts if they increase, else the decode timestamps (AVI stores no pts).
         self._clock = next((a for a in ("pts", "dts") if _increasing([getattr(f, a) for f in self._head])), None)
-        self._t0 = getattr(self._head[0], self._clock) if self._clock else None
         self._rate, duration, self._expected = _declared(container, stream)
         fps, count = self._output_rate(self._expected)
         turn = clockwise(self._head[0])
@@ -179,16 +178,14 @@ class VideoFileSource(Source):
         keep = _Keep(self.stride, self.target_fps)
         tb, decoded, yielded, last_ts = self._stream.time_base, 0, 0, None
         step = round(1 / (self._rate * tb)) if self._rate else None  # one frame in time_base units
+        clock = StreamClock(tb, self._rate or 1)  # no rate known: one second a frame
         for frame in self._all_decoded():
             index, decoded = decoded, decoded + 1
             ts = getattr(frame, self._clock) if self._clock else None
             if ts is None and last_ts is not None and (frame.duration or step):
                 ts = last_ts + (frame.duration or step)  # frames flushed from the decoder at the end carry no dts
             last_ts = ts
-            if ts is not None:
-                seconds = float((ts - self._t0) * tb)
-            else:
-                seconds = float(index / self._rate) if self._rate else float(index)
+            seconds = clock(ts, frame.duration)
             if not keep(index, seconds):
                 continue
             image = upright(frame.to_ndarray(format="rgb24"), clockwise(frame))
