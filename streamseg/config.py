@@ -327,15 +327,10 @@ def _build_rule(cls, table: Mapping[str, Any], key: str, origin: str):
 
 
 def _coerce(value: Any, hint: Any) -> Any:
-    """A TOML value as the field's type where TOML has no such type: an int where a float is expected becomes a
-    float, a list (or a comma-separated string, from a flag) a tuple. Everything else is left for the dataclass,
-    whose own checks name the key, the range and the value."""
+    """An int where a float is expected becomes a float (TOML ``5`` for ``5.0``). Everything else is left as
+    written for the dataclass, whose own checks name the key, what is allowed and the value."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if typing.get_origin(hint) is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        return tuple(value) if isinstance(value, list) else value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value

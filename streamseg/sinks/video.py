@@ -40,7 +40,7 @@ import av
 import cv2
 import numpy as np
 
-from streamseg.checks import choice, integer, text
+from streamseg.checks import bad, choice, integer, text
 from streamseg.errors import ConfigError, output_error
 from streamseg.sinks.annotate import Annotator
 from streamseg.sinks.base import Sink
@@ -247,7 +247,7 @@ def check_encoder(codec: str, preset: str, crf: int) -> None:
     try:
         context = av.CodecContext.create(codec, "w")
     except ValueError as err:  # UnknownCodecError
-        raise ConfigError(f"sinks.codec: no encoder named {codec!r} in this FFmpeg") from err
+        raise bad("sinks.codec", "an encoder this FFmpeg has (such as libx264)", codec) from err
     context.width, context.height, context.pix_fmt, context.time_base = 64, 64, "yuv420p", Fraction(1, 25)
     context.options = _encoder_options(preset, crf)
     try:
