@@ -4,13 +4,14 @@ These are the ``[events]`` part of a pipeline file (:mod:`streamseg.config` read
 
     [events]
     units = "pixels"                 # or "relative": every coordinate is a fraction of the frame's width / height
-    occlusion_hold = 1.0             # seconds; restores the hidden bottom of occluded boxes (0: off)
+    occlusion_hold = 1.0             # seconds (>= 0); restores the hidden bottom of occluded boxes (0: off)
+    occlusion_ratio = 0.7            # (0, 1): a box shorter than this fraction of its remembered height is cut
 
     [[events.zones]]                 # one table per zone
     name = "entrance"
     polygon = [[100, 300], [400, 300], [420, 470], [80, 470]]
     classes = ["person"]             # empty or absent: every class
-    dwell_seconds = 10.0             # optional: a "dwell" event once per visit that lasts this long (loitering)
+    dwell_seconds = 10.0             # optional (> 0): a "dwell" event once per visit that lasts this long
 
     [[events.lines]]                 # one table per directed line A -> B
     name = "counter"
@@ -19,12 +20,16 @@ These are the ``[events]`` part of a pipeline file (:mod:`streamseg.config` read
 
     [events.collision]               # forward-collision warning (dashcams)
     ego_lane = [[150, 540], [440, 320], [500, 320], [880, 540]]
-    ttc_seconds = 2.0
+    ttc_seconds = 2.0                # > 0; also window_seconds (> 0), min_samples (>= 2), min_height (>= 0),
+                                     # rearm_factor (>= 1), classes, name, anchor: see CollisionConfig
 
 Every rule also takes ``anchor`` (see :data:`~streamseg.ops.geometry.ANCHORS`, default ``"bottom_center"``: the
 point where an object stands) and zones and lines take ``min_frames`` (default 1): a change of inside/outside or of
 side counts once it has held for this many consecutive frames of the track, and is then dated back to its first
 frame. 1 is the ground truth's rule; 2-3 suppress the flicker of a jittery detector's box at an edge.
+
+Every value is checked when the rule is made (:mod:`streamseg.checks`): one line naming the field, what is allowed
+and the value.
 """
 
 from __future__ import annotations
