@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -305,3 +306,61 @@ def test_bad_preset_fails_before_any_output(videos, tmp_path):
                      "--preset", "ludicrous")
     one_error_line(proc, "sinks.preset", "got 'ludicrous'", "ultrafast")
     assert not out.exists() or list(out.iterdir()) == []
+
+
+# ---------------------------------------------------------------- one output fails: files and cameras alike
+
+
+def noisy_clip(path: Path, frames: int, width: int = 160, height: int = 120, fps: int = 25) -> Path:
+    """A camera-like H.264 clip (one slice a picture, no B-frames, a keyframe a second, as GStreamer's RTSP
+    payloader needs) of noise, which no encoder can shrink: its annotated copy grows fast."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(fps), "bf": "0", "crf": "23", "threads": "1"}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (height, width, 3), np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["file", "camera"])
+def test_one_failing_output_the_others_go_on_for_files_and_cameras(kind, tmp_path):
+    """Issue 14: the video hits a file-size limit mid-run (EFBIG, as a full disk gives ENOSPC); the same policy
+    holds for a file and a camera: the video is finalized with the frames that fit, the detections JSONL keeps
+    being written to the last frame, the failure is one line naming the video, and the run exits 1."""
+    from live_server import RtspServer, gstreamer_missing
+
+    clip = noisy_clip(tmp_path / "cam.mp4", 200)  # ~25 kB a frame of lossless video, ~150 bytes of JSONL
+    limit = 1_000_000
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    out = tmp_path / "out"
+    args = ["-o", out, *NO_MODEL, "--crf", "0"]  # lossless: the video outgrows the limit in a few dozen frames
+    if kind == "file":
+        proc = streamseg("run", clip, *args, preexec_fn=limit_file_size)
+        videos = [out / "cam.mp4"]
+    else:
+        if gstreamer_missing():
+            pytest.skip(gstreamer_missing())
+        with RtspServer({"/cam": clip}) as server:
+            proc = streamseg("run", server.url("/cam"), *args, "--max-frames", "150", preexec_fn=limit_file_size)
+        videos = sorted((out / "cam" / "annotated").glob("*.mp4"))
+    line = one_error_line(proc, "file too large", ".mp4")
+    assert len(videos) == 1 and str(videos[0]) in line
+    records = jsonl_records(out / "cam.detections.jsonl")
+    in_video = decoded_frames(videos[0])
+    assert 1 <= in_video and in_video + 20 < len(records)  # the JSONL went on long after the video stopped
+    if kind == "file":
+        assert len(records) == 200  # every frame
+    else:
+        assert len(records) >= 100  # of the 150 received (the freshest-frame buffer may drop a few)
+    assert f"holds the {in_video} frames that fit" in line
