@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pipeline", type=Path, help="pipeline definition (pipelines/*.toml); flags override it")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     model = run.add_argument_group("model")
-    model.add_argument("--backend", help="torch (default); onnx: ONNX Runtime, --weights MODEL.onnx from 'streamseg "
-                       "export onnx' (other weights are exported on start); none: no model, for pipeline checks")
+    model.add_argument("--backend", help="auto (default: ONNX Runtime on a CPU, from an export of the weights made "
+                       "once into the ONNX cache; PyTorch on a GPU, TensorRT for an engine folder; random weights: "
+                       "torch); torch: eager PyTorch; onnx: ONNX Runtime (--weights MODEL.onnx, or a checkpoint via the "
+                       "cache); tensorrt: an engine folder; none: no model, for pipeline checks")
     model.add_argument("--weights", help="checkpoint path, or random[:SEED] for an untrained model (tests only)")
     model.add_argument("--arch", help="auto (default: the checkpoint's own; without --weights the demo model), demo, "
                        "v1 (maskrcnn_resnet50_fpn), v2 (maskrcnn_resnet50_fpn_v2)")
@@ -240,15 +242,25 @@ def run_cameras(config) -> int:
     """Live sources: every stream of the run at once until Ctrl-C / SIGTERM (or every stream has ended). Exit
     130 when stopped by a signal (outputs are finalized first), 1 when a stream failed for good, else 0."""
     from streamseg.live import LiveRunner
-    from streamseg.redact import redact
+    from streamseg.redact import RedactingFilter, redact, secrets_of
     from streamseg.sources import is_live_input
 
     files = [uri for uri in config.sources if not is_live_input(uri)]
     if files:
         raise StreamsegError(f"live streams and files cannot be mixed in one run: run {redact(files[0])!r} "
                              "separately")
-    with LiveRunner(config) as runner:
-        run = runner.run(list(config.sources), handle_signals=True)
+    # The command line's own log handlers hide credentials (the library's messages name streams without them, but
+    # FFmpeg's may not); library code leaves the host application's logging alone.
+    hide = RedactingFilter(tuple(s for uri in config.sources for s in secrets_of(uri)))
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(hide)
+    try:
+        with LiveRunner(config) as runner:
+            run = runner.run(list(config.sources), handle_signals=True)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hide)
     if run.report is not None:
         print(run.report.table(), file=sys.stderr)
     for stream in run.streams.values():
@@ -331,8 +343,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamseg.demo import run_demo
 
-    return run_demo(Path(args.output_dir), seed=args.seed, frames=args.frames, weights=args.weights,
-                    arch=args.arch, progress=not args.no_progress)
+    result = run_demo(Path(args.output_dir), seed=args.seed, frames=args.frames, weights=args.weights,
+                      arch=args.arch, progress=not args.no_progress)
+    print(result.report)
+    return EXIT_INTERRUPTED if result.interrupted else 0
 
 
 def cmd_track(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from streamseg.config import build_config
@@ -21,8 +22,18 @@ from streamseg.tracking.mot_io import read_mot
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class DemoResult:
+    """What the demo did: ``summary`` (also written to ``summary.json``), a human-readable ``report`` (the stage
+    table, AP, tracking and event scores) and whether it was ``interrupted``."""
+
+    summary: dict
+    report: str
+    interrupted: bool
+
+
 def run_demo(out_dir: Path, *, seed: int = 7, frames: int = 120, weights: str | None = None,
-             arch: str | None = None, progress: bool = True) -> int:
+             arch: str | None = None, progress: bool = True) -> DemoResult:
     scene_config = SceneConfig(seed=seed, frames=frames)
     scene = write_scene(scene_config, out_dir / "scene")
     log.info("scene (seed %d, %d frames) with ground truth in %s", seed, frames, out_dir / "scene")
@@ -39,7 +50,6 @@ def run_demo(out_dir: Path, *, seed: int = 7, frames: int = 120, weights: str | 
     with Runner(config, progress=progress) as runner:
         run = runner.process(str(scene["video"]), source_id="demo", handle_signals=True)
         class_names = runner.backend.class_names
-    print(run.report.table())
 
     records = list(read_detections_jsonl(run.outputs["detections"]))
     gt_data = json.loads(Path(scene["coco"]).read_text())
@@ -70,11 +80,11 @@ def run_demo(out_dir: Path, *, seed: int = 7, frames: int = 120, weights: str | 
         "stages": [vars(stage) for stage in run.report.stages],
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(report.table())
-    print(f"tracking  MOTA {tracking.mota:.3f}  IDF1 {tracking.idf1:.3f}   events (within 0.5 s of the truth): "
-          + ", ".join(f"{k} P {e.precision:.2f} R {e.recall:.2f}" for k, e in events.items() if k != "all"))
-    print(f"outputs: {out_dir}/ (annotated video {run.outputs.get('video')}, events, tracks, summary.json)")
-    return 130 if run.interrupted else 0
+    text = [run.report.table(), report.table(),
+            f"tracking  MOTA {tracking.mota:.3f}  IDF1 {tracking.idf1:.3f}   events (within 0.5 s of the truth): "
+            + ", ".join(f"{k} P {e.precision:.2f} R {e.recall:.2f}" for k, e in events.items() if k != "all"),
+            f"outputs: {out_dir}/ (annotated video {run.outputs.get('video')}, events, tracks, summary.json)"]
+    return DemoResult(summary, "\n".join(text), run.interrupted)
 
 
 def _score_events(predicted_path: Path | None, truth_path: Path) -> dict:

@@ -39,7 +39,7 @@ from streamseg.errors import ConfigError, SourceError, StreamsegError
 from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.graph.exporter import LiveMetrics, MetricsServer, StreamSample
 from streamseg.models import Backend, build_backend
-from streamseg.redact import RedactingFilter, redact, secrets_of
+from streamseg.redact import redact
 from streamseg.sinks.recording import EventClipper, SegmentRecorder
 from streamseg.sources import LiveSource, Reconnect, StreamStatus, live_source_id
 from streamseg.stream import StreamProcessor, error_line, warn_unknown_event_classes
@@ -140,10 +140,9 @@ class LiveRunner:
         cfg = self.config
         out_dir = Path(cfg.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        secrets = tuple(s for uri in uris for s in secrets_of(uri))
         self._stopping.clear()
         wakeup = threading.Event()
-        with ExitStack() as stack, _redacted_logs(secrets):
+        with ExitStack() as stack:
             streams = self._open_streams(uris, wakeup, out_dir, stack)
             self._streams = streams
             run = LiveRun(streams)
@@ -412,20 +411,6 @@ def _unique(name: str, used: set[str]) -> str:
         candidate = f"{name}-{n}"
     used.add(candidate)
     return candidate
-
-
-@contextmanager
-def _redacted_logs(secrets: Sequence[str]) -> Iterator[None]:
-    """While a live run lasts, every log handler redacts URL credentials and these secrets from every record."""
-    handlers = list(logging.getLogger().handlers)
-    flt = RedactingFilter(secrets)
-    for handler in handlers:
-        handler.addFilter(flt)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(flt)
 
 
 @contextmanager
