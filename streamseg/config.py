@@ -168,7 +168,7 @@ class TrackerOptions:
 class PipelineConfig:
     sources: tuple[str, ...] = ()
     output_dir: str = "out"
-    backend: str = "torch"
+    backend: str = "auto"
     source: SourceOptions = field(default_factory=SourceOptions)
     model: ModelOptions = field(default_factory=ModelOptions)
     graph: GraphOptions = field(default_factory=GraphOptions)

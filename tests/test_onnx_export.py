@@ -15,9 +15,10 @@ import torch
 
 from streamseg.config import build_config
 from streamseg.export.check import Limits, check_onnx, read_frames
-from streamseg.export.onnx_export import FORMAT, export_onnx, read_metadata
+from streamseg.export.onnx_export import export_onnx
 from streamseg.models import ModelOptions
 from streamseg.models.onnx_backend import OnnxMaskRCNN
+from streamseg.models.onnx_graph import FORMAT, read_metadata
 from streamseg.models.parity import match_detections
 from streamseg.models.weights import save_checkpoint
 from streamseg.pipeline import Runner
@@ -166,7 +167,7 @@ def test_cli_export_check_and_run(tmp_path, videos):
     (["export", "onnx", "-o", "{tmp}/x.onnx", "--roi-align", "fast"], "--roi-align: expected one of portable, fused"),
     (["export", "onnx", "-o", "{tmp}/x.onnx", "--weights", "missing.pth"], "weights file not found"),
     (["export", "onnx", "-o", "{tmp}/x.onnx", "--opset", "11"], "--opset"),
-    (["export", "check", "{tmp}/plain.onnx"], "not a streamseg export"),
+    (["export", "check", "{tmp}/plain.onnx"], "not exported by streamseg"),
     (["run", "clip.mp4", "--backend", "onnx", "--weights", "missing.onnx"], "ONNX model not found"),
 ])
 def test_bad_input_one_line_error(args, message, tmp_path, capsys):

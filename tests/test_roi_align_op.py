@@ -16,7 +16,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
 from streamseg.export.onnx_export import RoIAlignSpec, portable_multi_level_roi_align
-from streamseg.export.ort_ops import expand_fused
+from streamseg.models.onnx_graph import expand_fused
 from streamseg.ops.roi_align import level_of, multi_level_roi_align_reference
 
 STRIDES = (4.0, 8.0, 16.0, 32.0)

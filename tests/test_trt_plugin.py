@@ -28,6 +28,7 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 
 from streamseg.export import trt_build
+from streamseg.models import trt_runtime
 from streamseg.export.trt_kernel import KERNEL_SOURCE, PLUGIN_DIR, find_cuda_home, load_kernel_extension
 from streamseg.ops.roi_align import level_of, multi_level_roi_align_reference
 
@@ -421,20 +422,20 @@ def test_calibration_batch_is_preprocessed_video_frames(fused_onnx):
 
 
 def test_plugin_library_lookup_says_how_to_build_it(tmp_path, monkeypatch):
-    monkeypatch.setenv(trt_build.PLUGIN_ENV, str(tmp_path / "missing.so"))
-    with pytest.raises(trt_build.TensorRTError, match="cmake -S export/trt_plugin"):
-        trt_build.find_plugin_library()
+    monkeypatch.setenv(trt_runtime.PLUGIN_ENV, str(tmp_path / "missing.so"))
+    with pytest.raises(trt_runtime.TensorRTError, match="cmake -S export/trt_plugin"):
+        trt_runtime.find_plugin_library()
     library = tmp_path / "libstreamseg_trt_plugin.so"
     library.write_bytes(b"")
-    assert trt_build.find_plugin_library(library) == library.resolve()
+    assert trt_runtime.find_plugin_library(library) == library.resolve()
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: the missing-TensorRT errors cannot occur")
 def test_missing_tensorrt_is_one_line_error(fused_onnx, tmp_path):
-    with pytest.raises(trt_build.TensorRTError) as err:
-        trt_build.require_tensorrt()
+    with pytest.raises(trt_runtime.TensorRTError) as err:
+        trt_runtime.require_tensorrt()
     assert "TensorRT" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(trt_build.TensorRTError, match="TensorRT is not available"):
+    with pytest.raises(trt_runtime.TensorRTError, match="TensorRT is not available"):
         trt_build.build_engines(fused_onnx, tmp_path / "engines", trt_build.BuildSettings(precision="fp32"))
     assert not (tmp_path / "engines").exists()
 
@@ -469,12 +470,12 @@ def test_backend_without_tensorrt_or_gpu_is_one_line_error(tmp_path):
 
     folder = tmp_path / "engines"
     folder.mkdir()
-    stages = {s: {"file": f"{s}.plan"} for s in trt_build.STAGES}
-    for s in trt_build.STAGES:
+    stages = {s: {"file": f"{s}.plan"} for s in trt_runtime.STAGES}
+    for s in trt_runtime.STAGES:
         (folder / f"{s}.plan").write_bytes(b"\0")
-    (folder / trt_build.MANIFEST).write_text(json.dumps({"format": trt_build.MANIFEST_FORMAT, "stages": stages,
+    (folder / trt_runtime.MANIFEST).write_text(json.dumps({"format": trt_runtime.MANIFEST_FORMAT, "stages": stages,
                                                          "batch": [1, 1, 1]}))
-    with pytest.raises(trt_build.TensorRTError) as err:
+    with pytest.raises(trt_runtime.TensorRTError) as err:
         TensorRTMaskRCNN(ModelOptions(weights=str(folder), device="cuda"))
     assert "\n" not in str(err.value)
 
@@ -486,11 +487,11 @@ def test_cli_export_check_engine_folder_is_one_line_error(fused_onnx, tmp_path, 
 
     folder = tmp_path / "engines"
     folder.mkdir()
-    for s in trt_build.STAGES:
+    for s in trt_runtime.STAGES:
         (folder / f"{s}.plan").write_bytes(b"\0")
-    (folder / trt_build.MANIFEST).write_text(json.dumps({
-        "format": trt_build.MANIFEST_FORMAT, "batch": [1, 1, 1], "precision": "fp32",
-        "onnx": {"file": str(fused_onnx)}, "stages": {s: {"file": f"{s}.plan"} for s in trt_build.STAGES}}))
+    (folder / trt_runtime.MANIFEST).write_text(json.dumps({
+        "format": trt_runtime.MANIFEST_FORMAT, "batch": [1, 1, 1], "precision": "fp32",
+        "onnx": {"file": str(fused_onnx)}, "stages": {s: {"file": f"{s}.plan"} for s in trt_runtime.STAGES}}))
     assert main(["export", "check", str(folder), "--frames", "1", "--source", default_sources()[0]]) == 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("streamseg: error:")]
@@ -504,8 +505,8 @@ def test_cli_export_check_engine_folder_is_one_line_error(fused_onnx, tmp_path, 
 
 def _plugin_or_skip():
     try:
-        return trt_build.find_plugin_library()
-    except trt_build.TensorRTError as err:
+        return trt_runtime.find_plugin_library()
+    except trt_runtime.TensorRTError as err:
         pytest.skip(str(err))
 
 
@@ -518,7 +519,7 @@ def test_engines_match_onnx_runtime(fused_onnx, tmp_path, precision):
     _plugin_or_skip()
     folder = tmp_path / precision
     trt_build.build_engines(fused_onnx, folder, trt_build.BuildSettings(precision=precision, timing_cache=None))
-    manifest = trt_build.read_manifest(folder)
+    manifest = trt_runtime.read_manifest(folder)
     assert manifest["stages"]["box"]["plugin_nodes"] == 1 and manifest["stages"]["mask"]["plugin_nodes"] == 1
     frames = _scene_frames(4)
     report = check_engines(folder, frames)

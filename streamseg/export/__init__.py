@@ -1,2 +1,3 @@
-"""Deployment exports: ONNX (``onnx_export``, ``check``, ``onnx_cli``; ORT expansion of the fused op in ``ort_ops``)
-and TensorRT engines (``trt_*``)."""
+"""Deployment exports: ONNX (``onnx_export``, ``check``, ``quantize``, ``onnx_cli``) and TensorRT engines (``trt_*``).
+What running the results needs lives in :mod:`streamseg.models` (``onnx_graph``, ``trt_runtime``): inference never
+imports this package."""

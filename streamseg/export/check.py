@@ -162,8 +162,8 @@ def check_onnx(
     limits: Limits = Limits(),
 ) -> ParityReport:
     """Compare ``model_path`` run by ONNX Runtime with the torch backend on ``frames``."""
-    from streamseg.export.onnx_export import load_onnx, read_metadata
     from streamseg.models.onnx_backend import OnnxMaskRCNN
+    from streamseg.models.onnx_graph import load_onnx, read_metadata
     from streamseg.models.torch_maskrcnn import TorchMaskRCNN
 
     path = Path(model_path)

@@ -91,7 +91,7 @@ def cmd_export_check(args: argparse.Namespace) -> int:
         return cmd_check_engines(args.model, (args.source or [None])[0], frames=args.frames or 8,
                                  onnx_path=args.onnx, device=args.device)
     from streamseg.export.check import Limits, ParityError, check_onnx, default_sources, read_frames
-    from streamseg.export.onnx_export import load_onnx, read_metadata
+    from streamseg.models.onnx_graph import load_onnx, read_metadata
 
     read_metadata(load_onnx(args.model, load_external_data=False), str(args.model))  # a wrong file before decoding
     frames = read_frames(args.source or default_sources(), args.frames or 1)

@@ -17,7 +17,7 @@ flavours:
 * ``portable``: standard ONNX ops (level choice, per-level NonZero/Gather/RoiAlign, one inverse permutation; ~105
   nodes per head, a third of them constants, instead of the 249 of torchvision's own export), runs on any runtime;
 * ``fused``: one ``streamseg::MultiLevelRoIAlign`` node per head (the contract in :mod:`streamseg.ops.roi_align`),
-  run by ONNX Runtime by expansion (:mod:`streamseg.export.ort_ops`) and by the TensorRT plugin.
+  run by ONNX Runtime by expansion (:mod:`streamseg.models.onnx_graph`) and by the TensorRT plugin.
 
 Everything the runner needs is in the file's metadata (key ``streamseg``, JSON): class names, normalization, size
 policy, RPN / RoI-head settings, paste shift and mode, flavour, streamseg version.
@@ -35,23 +35,20 @@ from typing import Sequence
 
 import onnx
 import torch
-from google.protobuf.message import DecodeError
 from torch import nn
 from torchvision.ops import roi_align
 
 from streamseg import __version__
-from streamseg.errors import ConfigError, StreamsegError, WeightsError
+from streamseg.errors import ConfigError, StreamsegError
 from streamseg.models.backend import ModelOptions
+from streamseg.models.onnx_graph import FORMAT, METADATA_KEY
 from streamseg.models.torch_maskrcnn import TorchMaskRCNN
-from streamseg.models.weights import file_kind
 from streamseg.ops.roi_align import (
     DOMAIN, OP_TYPE, POOL_AVG, TORCH_OP, level_of, multi_level_roi_align,  # noqa: F401 (registers the torch op)
 )
 
 log = logging.getLogger(__name__)
 
-METADATA_KEY = "streamseg"
-FORMAT = "streamseg.onnx/1"
 FLAVOURS = ("portable", "fused")
 DEFAULT_OPSET = 17
 MIN_OPSET = 16  # RoiAlign's coordinate_transformation_mode (aligned=False is "output_half_pixel") arrived in 16
@@ -205,22 +202,6 @@ def _rpn_outputs(levels: int) -> list[str]:
     return [f"objectness_{i}" for i in range(levels)] + [f"rpn_deltas_{i}" for i in range(levels)]
 
 
-def load_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
-    """``onnx.load`` whose errors are one line naming the file: missing, or not an ONNX model (a PyTorch
-    checkpoint, a text file, a truncated export), instead of protobuf's traceback."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"ONNX model not found: {path}")
-    try:
-        return onnx.load(str(path), load_external_data=load_external_data)
-    except DecodeError as err:
-        kind = file_kind(path)
-        checkpoint = f"a PyTorch checkpoint? export it with 'streamseg export onnx --weights {path}'"
-        hint = {"zip": checkpoint, "pickle": checkpoint, "text file": "text file?",
-                "onnx": "truncated or damaged"}.get(kind, kind)
-        raise WeightsError(f"{path}: not an ONNX model ({hint})") from err
-
-
 def prepare_output(path: str | Path) -> Path:
     """Make sure the file ``path`` can be written (creating its folder), else a one-line error naming what is in
     the way: checked before the export's minutes of work, not after them."""
@@ -238,17 +219,6 @@ def prepare_output(path: str | Path) -> Path:
     if not existed:
         path.unlink()
     return path
-
-
-def read_metadata(model: onnx.ModelProto, origin: str = "model") -> dict:
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise ConfigError(f"{origin}: not a streamseg export (no '{METADATA_KEY}' metadata); export it with "
-                          "'streamseg export onnx'")
-    meta = json.loads(props[METADATA_KEY])
-    if meta.get("format") != FORMAT:
-        raise ConfigError(f"{origin}: metadata format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
 
 
 def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

@@ -21,9 +21,9 @@ import onnx
 import torch
 
 from streamseg.errors import ConfigError
-from streamseg.export.onnx_export import METADATA_KEY, load_onnx, prepare_output, read_metadata
-from streamseg.export.ort_ops import expand_fused
+from streamseg.export.onnx_export import prepare_output
 from streamseg.models.backend import ModelOptions
+from streamseg.models.onnx_graph import METADATA_KEY, expand_fused, load_onnx, read_metadata
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from streamseg.errors import ConfigError, StreamsegError
 from streamseg.export.trt_build import (
-    DEFAULT_TIMING_CACHE, PRECISIONS, BuildSettings, build_engines, is_engine_folder, parse_batch, parse_size,
-    read_manifest,
+    DEFAULT_TIMING_CACHE, PRECISIONS, BuildSettings, build_engines, parse_batch, parse_size,
 )
+from streamseg.models.trt_runtime import is_engine_folder, read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -44,10 +44,14 @@ class ModelOptions:
     device: str = "cpu"
     fp16: bool = False
     """Half precision autocast; CUDA only."""
+    cache_dir: str | None = None
+    """Folder of the ONNX exports that the onnx backend (and auto, on a CPU) runs checkpoints from; None:
+    ``$STREAMSEG_ONNX_CACHE``, else ``~/.cache/streamseg/onnx`` (see :mod:`streamseg.models.onnx_cache`)."""
 
     def __post_init__(self):
         text("model.arch", self.arch)  # its names live with the torch builders: the backend checks them
         text("model.weights", self.weights, optional=True)
+        text("model.cache_dir", self.cache_dir, optional=True)
         for name in ("min_size", "max_size", "max_detections", "rpn_post_nms_top_n"):
             integer(f"model.{name}", getattr(self, name), 1, optional=True)
         integer("model.batch_size", self.batch_size, 1)
@@ -77,6 +81,10 @@ class Backend(Protocol):
     def predict(self, frames: Sequence[Frame]) -> list[Detections]: ...
 
     def close(self) -> None: ...
+
+
+RANDOM_WEIGHTS = re.compile(r"random(?::(\d+))?")
+"""``weights`` of an untrained model seeded with the number (0 when omitted), for tests and benchmarks."""
 
 
 def no_cuda_device(device: str) -> ConfigError:

@@ -1,11 +1,18 @@
 """Mask R-CNN in ONNX Runtime behind the :class:`~streamseg.models.backend.Backend` interface.
 
-Runs a file written by ``streamseg export onnx`` (:mod:`streamseg.export.onnx_export`): the dense stages (backbone +
-FPN + RPN head, box head, mask head, each with its multi-level RoIAlign) in ONNX Runtime, and between them the parts
+Runs a file written by the ``export onnx`` command (``export/onnx_export.py``), or a checkpoint's cached export
+(:mod:`streamseg.models.onnx_cache`): the dense stages (backbone + FPN + RPN head, box head, mask head, each with its
+multi-level RoIAlign) in ONNX Runtime, and between them the parts
 that ONNX Runtime's CPU kernels do slowly (NonMaxSuppression over thousands of proposals: ~6 s per 800 px frame;
 the mask-paste Loop: ~3 s) with torchvision's own C++ ops and streamseg's compact paste, which are the same code
 the torch backend runs, so both backends post-process identically. Pre-processing is torchvision's
 GeneralizedRCNNTransform, built from the normalization and size policy in the file's metadata.
+
+The torch steps between the graphs run on one torch thread. They are ~100 small ops per frame (~25 ms in all);
+with two OpenMP threads, each op waits at a barrier for the second thread, and when another process holds that
+core (the pipeline's decoder and encoder, other jobs) the wait is a scheduler time slice: measured here, the
+proposals step went from 0.03 to 0.2-0.6 s/frame under load with two threads, and stayed at 0.03 with one.
+ONNX Runtime's own pool hands work out dynamically and keeps both cores.
 
 Providers are tried in the order TensorRT, CUDA, CPU for ``device="cuda"`` and CPU alone for ``device="cpu"``; one
 log line says which one runs. A GPU device that no GPU provider can serve is an error, as in the torch backend.
@@ -16,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -126,8 +132,8 @@ def starting_providers(device: str) -> list:
 class OnnxMaskRCNN:
     """ONNX Runtime Mask R-CNN.
 
-    ``options.weights`` names a ``.onnx`` file from ``streamseg export onnx``; anything else (a checkpoint, None for
-    the demo model, ``random:SEED``) is exported first into a temporary file with ``flavour``.
+    ``options.weights`` names a ``.onnx`` file from the ``export onnx`` command; anything else (a checkpoint, None
+    for the demo model, ``random:SEED``) runs from its export with ``flavour`` in the ONNX cache, made on first use.
 
     >>> backend = OnnxMaskRCNN(ModelOptions(weights="model.onnx"))  # doctest: +SKIP
     >>> [dets] = backend.predict([frame])  # doctest: +SKIP
@@ -137,28 +143,26 @@ class OnnxMaskRCNN:
 
     def __init__(self, options: ModelOptions = ModelOptions(), flavour: str = "portable",
                  session_options=None):
-        import onnx
+        ort = _require_onnxruntime()
         from onnx.utils import Extractor
 
-        from streamseg.export import ort_ops
-        from streamseg.export.onnx_export import export_onnx, load_onnx, read_metadata
+        from streamseg.models.onnx_cache import load_or_export
+        from streamseg.models.onnx_graph import expand_fused, load_onnx, read_metadata
 
-        ort = _require_onnxruntime()
         if options.fp16:
             raise ConfigError("model.fp16: the onnx backend runs the exported float32 graph (export for fp16 engines "
                               "goes through TensorRT)")
         self.options = options
         providers = starting_providers(options.device)  # before the export: a missing GPU fails in a second
-        path = Path(options.weights) if options.weights and options.weights.endswith(".onnx") else None
-        if path is not None:
-            model = load_onnx(path)
+        if options.weights and options.weights.endswith(".onnx"):
+            path = Path(options.weights)
+            model, source = load_onnx(path), "file"
             self.origin = str(path)
         else:
-            with tempfile.TemporaryDirectory(prefix="streamseg-onnx-") as tmp:
-                exported = export_onnx(Path(tmp) / "model.onnx", options, flavour=flavour)
-                model = onnx.load(str(exported))
-            self.origin = f"{options.weights or 'demo model'} (exported, {flavour})"
-        meta = read_metadata(model, str(path or "export"))
+            model, path, exported = load_or_export(options, flavour)
+            source = "exported now into the cache" if exported else "cached export"
+            self.origin = f"{options.weights or 'demo model'} ({source} {path})"
+        meta = read_metadata(model, str(path))
         self.meta = meta
         self.class_names = tuple(meta["class_names"])
         self.flavour = meta["flavour"]
@@ -168,15 +172,15 @@ class OnnxMaskRCNN:
         self.transform, self.rpn, self.heads = self._host_stages(meta, options)
 
         so = session_options or default_session_options()
-        # ORT has no kernel for the fused op: expand it into standard ops (see streamseg.export.ort_ops for why)
-        extractor = Extractor(ort_ops.expand_fused(model))
+        # ORT has no kernel for the fused op: expand it into standard ops (see streamseg.models.onnx_graph for why)
+        extractor = Extractor(expand_fused(model))
         self.sessions = {}
         for stage, io in meta["stages"].items():
             sub = extractor.extract_model(io["inputs"], io["outputs"])
             sub.ir_version = model.ir_version
             self.sessions[stage] = ort.InferenceSession(sub.SerializeToString(), so, providers=providers)
         running = self.sessions["rpn"].get_providers()[0]
-        log.info("onnx backend: %s on %s (%s RoIAlign)", meta["arch"], running, self.flavour)
+        log.info("onnx backend: %s on %s (%s RoIAlign), %s %s", meta["arch"], running, self.flavour, source, path)
         if options.device != "cpu" and running == "CPUExecutionProvider":  # the probe's fallback tried cuda:0 only
             raise no_cuda_device(options.device)
         self.provider = running
@@ -216,15 +220,16 @@ class OnnxMaskRCNN:
     def predict(self, frames: Sequence[Frame]) -> list[Detections]:
         if not frames:
             return []
-        images = [torch.from_numpy(f.image).permute(2, 0, 1).float().div_(255.0) for f in frames]
-        raw = self._forward(images)
-        start = time.perf_counter()
-        detections = [
-            to_detections(r, (f.height, f.width), self.class_names, self.keep_labels, self.paste_shift,
-                          self.options.mask_threshold, self.paste_mode)
-            for r, f in zip(raw, frames)
-        ]
-        self._timed("paste", start)
+        with _one_torch_thread():  # see the module docstring
+            images = [torch.from_numpy(f.image).permute(2, 0, 1).float().div_(255.0) for f in frames]
+            raw = self._forward(images)
+            start = time.perf_counter()
+            detections = [
+                to_detections(r, (f.height, f.width), self.class_names, self.keep_labels, self.paste_shift,
+                              self.options.mask_threshold, self.paste_mode)
+                for r, f in zip(raw, frames)
+            ]
+            self._timed("paste", start)
         return detections
 
     def _forward(self, images: list[torch.Tensor]) -> list[dict]:
@@ -284,6 +289,17 @@ class OnnxMaskRCNN:
 
     def close(self) -> None:
         self.sessions = {}
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch's intra-op threads at 1 inside the block (the setting is per calling thread under OpenMP)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _to_rois(boxes: list[torch.Tensor]) -> torch.Tensor:

@@ -13,8 +13,8 @@ import functools
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -29,7 +29,7 @@ from torchvision.models.detection import (
 from torchvision.models.detection.transform import resize_boxes
 
 from streamseg.errors import ConfigError, WeightsError
-from streamseg.models.backend import ModelOptions, class_filter, no_cuda_device
+from streamseg.models.backend import RANDOM_WEIGHTS, ModelOptions, class_filter, no_cuda_device
 from streamseg.models.demo import DEMO_ARCH, DEMO_WEIGHTS, build_demo_maskrcnn
 from streamseg.models.weights import ENV_WEIGHTS, Checkpoint, find_weights, load_checkpoint
 from streamseg.types import Detections, Frame, InstanceMasks
@@ -132,18 +132,24 @@ def seeded_random_checkpoint(arch: Architecture, seed: int, num_classes: int = 9
     return Checkpoint(model.state_dict(), arch.name, COCO_CLASS_NAMES if num_classes == 91 else (), origin=f"random:{seed}")
 
 
-def obtain_checkpoint(options: ModelOptions) -> Checkpoint:
-    """Load the checkpoint ``options`` point at (see :mod:`streamseg.models.weights` for the search order)."""
-    match = re.fullmatch(r"random(?::(\d+))?", options.weights or "")
-    if match:
-        log.warning("using an UNTRAINED seeded random model (%s): detections are meaningless", options.weights)
-        return seeded_random_checkpoint(resolve_arch(options.arch), int(match.group(1) or 0))
+def checkpoint_path(options: ModelOptions) -> Path:
+    """The checkpoint file ``options`` point at (not for ``random`` weights; see :mod:`streamseg.models.weights` for
+    the search order): the one place that decides, for the torch backend and for the ONNX export cache alike."""
     if options.weights is None and not os.environ.get(ENV_WEIGHTS) and resolve_arch(options.arch).name == DEMO_ARCH:
         if not DEMO_WEIGHTS.is_file():
             raise WeightsError(f"demo model weights missing: {DEMO_WEIGHTS} (python -m streamseg.training makes them)")
-        return load_checkpoint(DEMO_WEIGHTS)
+        return DEMO_WEIGHTS
     url = resolve_arch(options.arch).coco_url if options.arch != "auto" else None
-    return load_checkpoint(find_weights(options.weights, options.arch, url))
+    return find_weights(options.weights, options.arch, url)
+
+
+def obtain_checkpoint(options: ModelOptions) -> Checkpoint:
+    """Load the checkpoint ``options`` point at."""
+    match = RANDOM_WEIGHTS.fullmatch(options.weights or "")
+    if match:
+        log.warning("using an UNTRAINED seeded random model (%s): detections are meaningless", options.weights)
+        return seeded_random_checkpoint(resolve_arch(options.arch), int(match.group(1) or 0))
+    return load_checkpoint(checkpoint_path(options))
 
 
 def _misfit(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:

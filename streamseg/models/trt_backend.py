@@ -1,6 +1,6 @@
 """Mask R-CNN in TensorRT engines behind the :class:`~streamseg.models.backend.Backend` interface.
 
-Runs an engine folder written by ``streamseg export trt`` (:mod:`streamseg.export.trt_build`): three engines, one
+Runs an engine folder written by the ``export trt`` command (``export/trt_build.py``): three engines, one
 per stage of the fused ONNX export (``rpn``, ``box``, ``mask``; the heads hold the MultiLevelRoIAlign plugin).
 Everything between the stages -- torchvision's transform, anchors, box decoding, NMS, top-k, mask paste -- is the
 ONNX Runtime backend's own code (:class:`~streamseg.models.onnx_backend.OnnxMaskRCNN`), so the two backends
@@ -14,7 +14,7 @@ cross PCIe.
 Frames are batched by the caller (``ModelOptions.batch_size``, at most the engine profile's max batch).
 
 ``options.weights`` is the engine folder; the plugin library comes from ``$STREAMSEG_TRT_PLUGIN`` or the
-checkout's CMake build folder (see :func:`streamseg.export.trt_build.find_plugin_library`).
+checkout's CMake build folder (see :func:`streamseg.models.trt_runtime.find_plugin_library`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from streamseg.errors import ConfigError, WeightsError
-from streamseg.export.trt_build import (
-    STAGES, TensorRTError, _Logger, load_plugin, read_manifest, require_cuda_gpu, require_tensorrt,
-)
 from streamseg.models.backend import ModelOptions, class_filter
 from streamseg.models.onnx_backend import OnnxMaskRCNN
+from streamseg.models.trt_runtime import (
+    STAGES, TensorRTError, TensorRTLogger, load_plugin, read_manifest, require_cuda_gpu, require_tensorrt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class EngineRunner:
 
 
 class TensorRTMaskRCNN(OnnxMaskRCNN):
-    """Mask R-CNN from a ``streamseg export trt`` engine folder (``options.weights``), on ``options.device``.
+    """Mask R-CNN from an ``export trt`` engine folder (``options.weights``), on ``options.device``.
 
     >>> backend = TensorRTMaskRCNN(ModelOptions(weights="engines/", device="cuda"))  # doctest: +SKIP
     >>> [dets] = backend.predict([frame])  # doctest: +SKIP
@@ -168,7 +168,7 @@ class TensorRTMaskRCNN(OnnxMaskRCNN):
 
     def __init__(self, options: ModelOptions = ModelOptions(), plugin: str | Path | None = None):
         if not options.weights:
-            raise WeightsError("the tensorrt backend needs --weights ENGINE_FOLDER (from 'streamseg export trt')")
+            raise WeightsError("the tensorrt backend needs --weights ENGINE_FOLDER (from the 'export trt' command)")
         manifest = read_manifest(options.weights)  # user errors before TensorRT / GPU checks
         trt = require_tensorrt()
         if not options.device.startswith("cuda"):
@@ -196,7 +196,7 @@ class TensorRTMaskRCNN(OnnxMaskRCNN):
         folder = Path(options.weights)
         with torch.cuda.device(device):
             self.stream = torch.cuda.Stream(device)
-            self.trt_logger = _Logger.create(trt)  # TensorRT keeps a pointer to it: it must outlive the runtime
+            self.trt_logger = TensorRTLogger.create(trt)  # TensorRT keeps a pointer to it: it must outlive the runtime
             self.runtime = trt.Runtime(self.trt_logger)
             self.sessions = {stage: EngineRunner(trt, self.runtime, folder / manifest["stages"][stage]["file"],
                                                  device, self.stream) for stage in STAGES}

@@ -15,7 +15,7 @@ from, so we follow torchvision (see :func:`level_of` and its boundary test).
 
 The reference implementation runs ``torchvision.ops.roi_align`` once per level on that level's RoIs. It is also
 registered as the torch custom op ``torch.ops.streamseg.multi_level_roi_align`` (the export traces it into one
-ONNX node) and is what the ONNX Runtime kernel (:mod:`streamseg.export.ort_ops`) calls.
+ONNX node); ONNX Runtime runs the node as standard ops (:func:`streamseg.models.onnx_graph.expand_fused`).
 """
 
 from __future__ import annotations
