@@ -38,11 +38,11 @@ from streamseg.config import PipelineConfig
 from streamseg.errors import ConfigError, SourceError, StreamsegError
 from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.graph.exporter import LiveMetrics, MetricsServer, StreamSample
-from streamseg.models import Backend, build_backend
+from streamseg.models import Backend
 from streamseg.redact import redact
 from streamseg.sinks.recording import EventClipper, SegmentRecorder
 from streamseg.sources import LiveSource, Reconnect, StreamStatus, live_source_id
-from streamseg.stream import StreamProcessor, error_line, warn_unknown_event_classes
+from streamseg.stream import ModelRunner, StreamProcessor, error_line
 from streamseg.types import Frame, FrameResult
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class LiveRun:
         return self.stopped or bool(self.report and self.report.interrupted)
 
 
-class LiveRunner:
+class LiveRunner(ModelRunner):
     """Runs live streams through one shared model; see the module docstring.
 
     >>> with LiveRunner(build_config({"live": {"metrics_port": 9100}})) as runner:  # doctest: +SKIP
@@ -96,9 +96,7 @@ class LiveRunner:
 
     def __init__(self, config: PipelineConfig, backend: Backend | None = None, *,
                  on_result: Callable[[FrameResult, float], None] | None = None):
-        self.config = config
-        self.backend = backend if backend is not None else build_backend(config.model, config.backend)
-        warn_unknown_event_classes(config, self.backend.class_names)
+        super().__init__(config, backend)
         self.on_result = on_result
         """Called from the write stage with each result and its capture-to-result latency (benches, tests)."""
         self.metrics_server: MetricsServer | None = None
@@ -116,15 +114,6 @@ class LiveRunner:
         """The current (or last) run's streams by source id, read-only: their ``processed`` counts, ``source``
         (``up``, ``reconnects``, ``dropped``), ``statuses``, ``outputs`` and ``failed``, for monitoring."""
         return MappingProxyType(self._streams)
-
-    def __enter__(self) -> "LiveRunner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.backend.close()
 
     def stop(self, drain: bool = True) -> None:
         """End the run from any thread: the first call lets results in flight finish, a second one aborts."""
@@ -192,9 +181,9 @@ class LiveRunner:
                               "(--target-fps) to process fewer frames per second")
         streams: dict[str, StreamRun] = {}
         sources: list[tuple[StreamRun, LiveSource]] = []
-        used: set[str] = set()
+        self._used_ids.clear()  # ids name this run's outputs
         for uri in uris:
-            sid = _unique(live_source_id(uri), used)
+            sid = self.unique_id(live_source_id(uri))
             holder: dict = {}
             taps = []
             if live.segment_minutes:
@@ -402,15 +391,6 @@ class LiveRunner:
 def _sample(source: LiveSource) -> StreamSample:
     return StreamSample(up=source.up, received=source.received, dropped=source.dropped,
                         reconnects=source.reconnects, buffer_depth=source.buffer_depth())
-
-
-def _unique(name: str, used: set[str]) -> str:
-    candidate, n = name, 1
-    while candidate in used:
-        n += 1
-        candidate = f"{name}-{n}"
-    used.add(candidate)
-    return candidate
 
 
 @contextmanager

@@ -31,9 +31,9 @@ from tqdm import tqdm
 from streamseg.config import PipelineConfig
 from streamseg.errors import ConfigError, output_error
 from streamseg.graph import GraphReport, Node, Pipeline
-from streamseg.models import Backend, build_backend
+from streamseg.models import Backend
 from streamseg.sources import open_source
-from streamseg.stream import StreamProcessor, warn_unknown_event_classes
+from streamseg.stream import ModelRunner, StreamProcessor
 from streamseg.types import Frame, FrameResult, SourceInfo
 
 log = logging.getLogger(__name__)
@@ -76,26 +76,13 @@ def detect_stage(backend: Backend, batch_size: int) -> Callable[[Iterable[Frame]
     return detect
 
 
-class Runner:
+class Runner(ModelRunner):
     """Runs sources through one shared model into per-source outputs under ``config.output_dir``."""
 
     def __init__(self, config: PipelineConfig, backend: Backend | None = None, *, progress: bool = False):
-        self.config = config
+        super().__init__(config, backend)
         self.progress = progress
-        self.backend = backend if backend is not None else build_backend(config.model, config.backend)
-        log.info("model: %s backend, weights %s", self.backend.name, getattr(self.backend, "origin", "?"))
-        warn_unknown_event_classes(config, self.backend.class_names)
         self._pipeline: Pipeline | None = None
-        self._used_ids: set[str] = set()
-
-    def __enter__(self) -> "Runner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.backend.close()
 
     def stop(self, drain: bool = True) -> None:
         """Stop the source being processed (thread-safe): queued frames drain unless ``drain`` is False."""
@@ -115,7 +102,7 @@ class Runner:
             kwargs = _source_kwargs(cfg) | ({"source_id": source_id} if source_id else {})
             source = stack.enter_context(open_source(uri, **kwargs))
             info = source.info
-            run = SourceRun(self._unique_id(info.source_id), info)
+            run = SourceRun(self.unique_id(info.source_id), info)
             earlier = [out_dir / f"{run.source_id}{suffix}" for suffix in OUTPUT_SUFFIXES]
             earlier = [path for path in earlier if path.exists()]
             images = source.names if info.is_image_sequence else None  # each frame's file, as outputs name it
@@ -155,14 +142,6 @@ class Runner:
                 run.skipped = list(source.skipped)
         return run
 
-    def _unique_id(self, source_id: str) -> str:
-        """Two sources with the same stem must not overwrite each other's outputs."""
-        candidate, n = source_id, 1
-        while candidate in self._used_ids:
-            n += 1
-            candidate = f"{source_id}-{n}"
-        self._used_ids.add(candidate)
-        return candidate
 
 
 OUTPUT_SUFFIXES = (".mp4", ".detections.jsonl", ".coco.json", ".coco.categories.json", ".tracks.txt",

@@ -282,6 +282,39 @@ class StreamProcessor:
         self.close()
 
 
+class ModelRunner:
+    """What file runs and camera runs share: one model for all their streams, loaded once, closed with the
+    runner (use it as a context manager)."""
+
+    def __init__(self, config: PipelineConfig, backend=None):
+        from streamseg.models import build_backend  # torch: only where a model is built
+
+        self.config = config
+        self.backend = backend if backend is not None else build_backend(config.model, config.backend)
+        log.info("model: %s backend, weights %s", self.backend.name, getattr(self.backend, "origin", "?"))
+        warn_unknown_event_classes(config, self.backend.class_names)
+        self._used_ids: set[str] = set()
+
+    def unique_id(self, name: str) -> str:
+        """``name``, or ``name-2``, ``name-3``...: two streams of a run with the same name must not write to the
+        same outputs."""
+        candidate, n = name, 1
+        while candidate in self._used_ids:
+            n += 1
+            candidate = f"{name}-{n}"
+        self._used_ids.add(candidate)
+        return candidate
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def error_line(errors: Sequence[str]) -> str:
     """A stream's output errors as one line: the first in full, the others by count."""
     more = f" (and {len(errors) - 1} more output{'s' if len(errors) > 2 else ''} failed)" if len(errors) > 1 else ""
