@@ -329,32 +329,36 @@ def noisy_clip(path: Path, frames: int, width: int = 160, height: int = 120, fps
     return path
 
 
+@pytest.mark.parametrize("limit", ["full disk", "file-size limit"])
 @pytest.mark.parametrize("kind", ["file", "camera"])
-def test_one_failing_output_the_others_go_on_for_files_and_cameras(kind, tmp_path):
-    """Issue 14: the video hits a file-size limit mid-run (EFBIG, as a full disk gives ENOSPC); the same policy
+def test_one_failing_output_the_others_go_on_for_files_and_cameras(kind, limit, tmp_path, request):
+    """Issue 14: the video fills a 2 MB disk (ENOSPC) or hits a file-size limit (EFBIG) mid-run; the same policy
     holds for a file and a camera: the video is finalized with the frames that fit, the detections JSONL keeps
     being written to the last frame, the failure is one line naming the video, and the run exits 1."""
     from live_server import RtspServer, gstreamer_missing
 
+    if kind == "camera" and gstreamer_missing():
+        pytest.skip(gstreamer_missing())
     clip = noisy_clip(tmp_path / "cam.mp4", 200)  # ~25 kB a frame of lossless video, ~150 bytes of JSONL
-    limit = 1_000_000
+    options = {}
+    if limit == "full disk":
+        out = request.getfixturevalue("small_disk") / "out"
+        reason = "no space left on the device"
+    else:
+        def limit_file_size():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-    out = tmp_path / "out"
-    args = ["-o", out, *NO_MODEL, "--crf", "0"]  # lossless: the video outgrows the limit in a few dozen frames
+        out, reason, options = tmp_path / "out", "file too large", {"preexec_fn": limit_file_size}
+    args = ["-o", out, *NO_MODEL, "--crf", "0"]  # lossless: the video outgrows the room in a few dozen frames
     if kind == "file":
-        proc = streamseg("run", clip, *args, preexec_fn=limit_file_size)
+        proc = streamseg("run", clip, *args, **options)
         videos = [out / "cam.mp4"]
     else:
-        if gstreamer_missing():
-            pytest.skip(gstreamer_missing())
         with RtspServer({"/cam": clip}) as server:
-            proc = streamseg("run", server.url("/cam"), *args, "--max-frames", "150", preexec_fn=limit_file_size)
+            proc = streamseg("run", server.url("/cam"), *args, "--max-frames", "150", **options)
         videos = sorted((out / "cam" / "annotated").glob("*.mp4"))
-    line = one_error_line(proc, "file too large", ".mp4")
+    line = one_error_line(proc, reason, ".mp4")
     assert len(videos) == 1 and str(videos[0]) in line
     records = jsonl_records(out / "cam.detections.jsonl")
     in_video = decoded_frames(videos[0])
