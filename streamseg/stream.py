@@ -68,7 +68,7 @@ class StreamProcessor:
         self.vocabulary = vocabulary(class_names)
         self.outputs: dict[str, Path] = {}
         self.errors: list[str] = []
-        """One line per output that failed (also logged once when it happened)."""
+        """One line per output that failed (live streams also log it when it happens)."""
         self.processed = 0
         """Results written."""
         keep_history = bool(output_dir is not None and not live and config.sinks.tracks) or output_dir is None
