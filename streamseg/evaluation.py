@@ -258,7 +258,7 @@ def evaluate_scene_events(detector: Backend | SceneDetector, scenes: int = 1, fi
         pipeline = PipelineConfig(tracker=TrackerOptions(True, tracker), events=rules)
         info = SourceInfo(f"scene{seed}", f"scene:{seed}", cfg.width, cfg.height, fps=None, time_base=None,
                           frame_count=len(scene), duration=None)
-        stream = StreamProcessor(pipeline, info, scene.class_names, None)
+        stream = StreamProcessor(pipeline, info, scene.class_names, None, log_events=False)
         gt_rows, samples, predicted = [], [], []
         for scene_frame in scene:
             index, time = scene_frame.index, scene_frame.time

@@ -57,13 +57,14 @@ class StreamProcessor:
     ``output_dir`` None: no outputs (evaluation reads :attr:`tracker` and the results' events). ``live``: outputs
     of an endless stream (annotated video in files of ``live.segment_minutes``, no tracks file or summary, which
     would need the whole history) and no lookahead. ``images``: each frame's file name, for image sequences (JSONL
-    ``file``, COCO ``image_id``). ``source_id`` names the outputs (default ``info.source_id``).
+    ``file``, COCO ``image_id``). ``source_id`` names the outputs (default ``info.source_id``). ``log_events``:
+    each event is also a line on the ``streamseg.events`` logger (off for bulk scoring).
     """
 
     def __init__(self, config: PipelineConfig, info: SourceInfo, class_names: Sequence[str],
                  output_dir: str | Path | None, *, live: bool = False, images: Sequence[str] | None = None,
-                 source_id: str | None = None):
-        self.config, self.info, self.live = config, info, live
+                 source_id: str | None = None, log_events: bool = True):
+        self.config, self.info, self.live, self.log_events = config, info, live, log_events
         self.source_id = source_id or info.source_id
         self.vocabulary = vocabulary(class_names)
         self.outputs: dict[str, Path] = {}
@@ -171,7 +172,7 @@ class StreamProcessor:
         if self.engine is None:
             return result
         found = tuple(self.engine.update(result.frame, result.detections.tracked()))
-        for event in found:
+        for event in found if self.log_events else ():
             event_log.info("%s", describe_event(event))
         return replace(result, events=found, occupancy=self.engine.occupancy)
 
