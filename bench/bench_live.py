@@ -139,7 +139,7 @@ def part_reconnect(clip: Path, cycles: int, out: Path) -> dict:
     rss = []
     try:
         thread, box = start_runner(runner, [server.url("/cam")])
-        stream = runner._streams["cam"]
+        stream = runner.streams["cam"]
 
         def wait(predicate, timeout, what):
             deadline = time.monotonic() + timeout
