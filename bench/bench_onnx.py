@@ -10,7 +10,15 @@ backend's per-stage split, and each backend's distance from this CPU's compute c
 counted by torch's FlopCounterMode, at 176 GFLOP/s: GUIDE section 1).
 
     .venv/bin/python bench/bench_onnx.py [--frames N] [--models v1,demo] [--min-size 800]
+    .venv/bin/python bench/bench_onnx.py --auto [--frames N] [--models v1,demo]
     .venv/bin/python bench/bench_onnx.py --int8 [--scenes 5]
+
+``--auto`` measures the default backend as users get it: ``--backend auto`` built twice from a checkpoint file into
+an empty cache folder (the first build exports, the second must hit the cache: the file's inode and mtime are
+checked), then, side by side frame by frame, that second build, ``--backend onnx`` on a file exported beforehand
+(``export_onnx``, the portable default) and ``--backend torch``. Printed: median s/frame, auto / onnx (target within
+10%) and torch / auto (target >= 1). R50-FPN runs from a checkpoint file of seeded random weights (``random:N``
+itself runs in torch under auto: it is a test model).
 
 ``--int8`` measures the optional CPU int8 path instead (``streamseg export int8``): the demo model exported, its
 backbone stage quantized with calibration on a generated scene (seed 900, not an evaluation scene), then speed at
@@ -31,7 +39,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from streamseg.models import ModelOptions, TorchMaskRCNN
+from streamseg.models import ModelOptions, TorchMaskRCNN, build_backend
 from streamseg.models.onnx_backend import OnnxMaskRCNN
 from streamseg.sources import open_source
 
@@ -108,6 +116,61 @@ def bench_model(name: str, frames: list, min_size: int) -> bool:
     return ok
 
 
+def bench_auto(name: str, frames: list, min_size: int, folder: Path) -> bool:
+    """auto (second build, from the cache) vs onnx (a pre-exported file) vs torch, side by side."""
+    from dataclasses import replace
+
+    from streamseg.export.onnx_export import export_onnx
+    from streamseg.models.onnx_cache import cached_path
+    from streamseg.models.weights import save_checkpoint
+
+    options = ModelOptions(min_size=min_size, max_size=max(1333, min_size), cache_dir=str(folder / f"cache-{name}"),
+                           **MODELS[name])
+    if options.weights and options.weights.startswith("random"):  # a checkpoint file, as a user's weights are
+        model = TorchMaskRCNN(options)
+        checkpoint = save_checkpoint(folder / f"{name}.pth", model.model, model.arch.name, model.class_names)
+        options = replace(options, weights=str(checkpoint), arch="auto")
+    start = time.perf_counter()
+    first = build_backend(options, "auto")
+    export_seconds = time.perf_counter() - start
+    first.close()
+    cached, _ = cached_path(options)
+    before = cached.stat()
+    start = time.perf_counter()
+    backends = {"auto": build_backend(options, "auto")}
+    load_seconds = time.perf_counter() - start
+    after = cached.stat()
+    hit = (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    exported = export_onnx(folder / f"{name}.onnx", options)
+    backends["onnx"] = build_backend(replace(options, weights=str(exported)), "onnx")
+    backends["torch"] = build_backend(options, "torch")
+    print(f"\n{name} --backend auto: {backends['auto'].name}; first build (exports) {export_seconds:.1f} s, second "
+          f"build {load_seconds:.1f} s, {'hit the cache' if hit else 'MISSED the cache'} ({cached.name})")
+    for backend in backends.values():  # warm-up: first-call allocations, ORT memory patterns
+        for frame in frames[:2]:
+            backend.predict([frame])
+    times = {key: [] for key in backends}
+    order = list(backends)
+    for index, frame in enumerate(frames):
+        for key in order[index % 3:] + order[: index % 3]:  # each backend in each place of the order in turn
+            start = time.perf_counter()
+            backends[key].predict([frame])
+            times[key].append(time.perf_counter() - start)
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    h, w = frames[0].height, frames[0].width
+    print(f"  {w}x{h} frames at min_size {min_size}, {len(frames)} frames, threads {torch.get_num_threads()}")
+    for key, median in medians.items():
+        print(f"  {key:6s} median {median:.3f} s/frame  ({', '.join(f'{t:.2f}' for t in times[key])})")
+    auto_vs_onnx = medians["auto"] / medians["onnx"]
+    torch_vs_auto = medians["torch"] / medians["auto"]
+    ok = hit and backends["auto"].name == "onnx" and abs(auto_vs_onnx - 1) <= 0.1 and torch_vs_auto >= 1.0
+    print(f"  auto / onnx {auto_vs_onnx:.3f} (target 0.9..1.1)  torch / auto {torch_vs_auto:.2f}x (target >= 1)  "
+          + ("PASS" if ok else "FAIL"))
+    for backend in backends.values():
+        backend.close()
+    return ok
+
+
 def bench_int8(frames_count: int, scenes: int, min_size: int) -> bool:
     from streamseg.evaluation import evaluate_scenes
     from streamseg.export.onnx_export import export_onnx
@@ -157,6 +220,7 @@ def main() -> int:
     parser.add_argument("--min-size", type=int, default=800)
     parser.add_argument("--clip", type=Path, default=CLIP)
     parser.add_argument("--int8", action="store_true", help="the CPU int8 path: speed and accuracy cost")
+    parser.add_argument("--auto", action="store_true", help="--backend auto (cache hit) vs onnx vs torch")
     parser.add_argument("--scenes", type=int, default=5, help="--int8: generated scenes for AP (default 5)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -167,7 +231,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="streamseg-bench-") as tmp:
         for name in args.models.split(","):
             frames = scene_frames(args.frames, Path(tmp)) if name in SCENE_MODELS else clip_frames
-            ok &= bench_model(name, frames, args.min_size)
+            if args.auto:
+                ok &= bench_auto(name, frames, args.min_size, Path(tmp))
+            else:
+                ok &= bench_model(name, frames, args.min_size)
     return 0 if ok else 1
 
 

@@ -18,6 +18,12 @@ PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 ONE_FRAME = ["--max-frames", "1", "--no-video", "--no-progress"]
 
 
+@pytest.fixture(autouse=True)
+def onnx_cache(tmp_path_factory, monkeypatch):
+    """--backend auto exports checkpoints into the ONNX cache: one for this module, not the user's."""
+    monkeypatch.setenv("STREAMSEG_ONNX_CACHE", str(tmp_path_factory.getbasetemp() / "onnx-cache"))
+
+
 @pytest.fixture
 def clip(videos):
     return str(videos / "traffic" / "car_traffic_small.mp4")

@@ -2,8 +2,8 @@
 checkpoint, kept in a cache folder, reused by every later run.
 
 Folder: ``ModelOptions.cache_dir`` (``[model] cache_dir``), else ``$STREAMSEG_ONNX_CACHE``, else
-``$XDG_CACHE_HOME/streamseg/onnx`` (``~/.cache/streamseg/onnx``). File name: the checkpoint's name plus a key, the
-sha256 of: the checkpoint file's sha256 (``random:SEED`` for untrained weights), ``arch``, RoIAlign flavour, opset,
+``$XDG_CACHE_HOME/streamseg/onnx`` (``~/.cache/streamseg/onnx``). File name: a key, the sha256 of: the checkpoint
+file's sha256 (``random:SEED`` for untrained weights), ``arch``, RoIAlign flavour, opset,
 metadata format and streamseg version. The size policy and the other options are not in the key: the graph has
 dynamic height and width and the runner takes sizes, proposal count, thresholds and the detection cap from the
 options (the values stored in the file are only its defaults), so one export gives the same detections at every
@@ -58,24 +58,24 @@ def _sha256(path: Path) -> str:
 
 
 def _source(options: ModelOptions) -> tuple[str, str, str]:
-    """(``--weights`` for the exporter, identity of the weights for the key, a readable name for the file)."""
+    """(``--weights`` for the exporter, identity of the weights for the key): a copy of a checkpoint under another
+    name is the same export."""
     match = RANDOM_WEIGHTS.fullmatch(options.weights or "")
     if match:
-        seed = int(match.group(1) or 0)
-        return f"random:{seed}", f"random:{seed}", f"random{seed}"
+        return f"random:{int(match.group(1) or 0)}", f"random:{int(match.group(1) or 0)}"
     from streamseg.models.torch_maskrcnn import checkpoint_path  # the torch backend's own search order
 
     path = checkpoint_path(options).resolve()
-    return str(path), _sha256(path), path.stem
+    return str(path), _sha256(path)
 
 
 def cached_path(options: ModelOptions, flavour: str = "portable") -> tuple[Path, str]:
     """Where the export of ``options``' weights lives in the cache, and the weights it is made from."""
-    weights, identity, name = _source(options)
+    weights, identity = _source(options)
     key = {"weights": identity, "arch": options.arch, "flavour": flavour, "opset": OPSET, "format": FORMAT,
            "streamseg": __version__}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_dir(options) / f"{name}-{flavour}-{digest}.onnx", weights
+    return cache_dir(options) / f"maskrcnn-{digest}.onnx", weights
 
 
 def _load_checked(path: Path, flavour: str) -> onnx.ModelProto:
