@@ -143,6 +143,24 @@ class Results:
             self.done.set()
 
 
+class Forwards:
+    """The live side's backend: the model, timing each forward, so that a live pass also shows its time per result
+    over the model's time per forward in the same moments (a figure that load drifting between passes cannot move)."""
+
+    def __init__(self, backend):
+        self.backend, self.name, self.class_names = backend, backend.name, backend.class_names
+        self.seconds: list[float] = []
+
+    def predict(self, frames):
+        start = time.perf_counter()
+        out = self.backend.predict(frames)
+        self.seconds.append(time.perf_counter() - start)
+        return out
+
+    def close(self) -> None:
+        pass  # the model outlives the pass
+
+
 def live_ratio(frames: int, rounds: int, out: Path) -> dict:
     """(4) A camera faster than the model: the live path must keep the model busy, so processed frames/s should be
     the model's own frames/s. One camera at 25 fps on 127.0.0.1 (tests/rtsp_server.py), the demo Mask R-CNN (a few
@@ -161,7 +179,7 @@ def live_ratio(frames: int, rounds: int, out: Path) -> dict:
     with open_source(str(clip), max_frames=frames) as source:
         pictures = list(source)
     config = build_config({"output_dir": str(out / "live"), "live": {"read_timeout": 5.0}})
-    dropped = []
+    dropped, in_run = [], []
 
     @on_a_thread
     def model_only():
@@ -171,7 +189,8 @@ def live_ratio(frames: int, rounds: int, out: Path) -> dict:
     with RtspServer({"/cam": clip}) as server:
         def live():
             results = Results(skip=3, frames=frames)
-            runner = LiveRunner(config, backend, on_result=results)
+            forwards = Forwards(backend)
+            runner = LiveRunner(config, forwards, on_result=results)
             box: dict = {}
 
             def target():
@@ -190,7 +209,9 @@ def live_ratio(frames: int, rounds: int, out: Path) -> dict:
                 runner.stop()
                 thread.join()
             dropped.append(box["run"].streams["cam"].source.dropped)
-            return results.end - results.start
+            window = results.end - results.start  # results skip .. skip + frames: forwards skip .. skip + frames - 1
+            in_run.append(window / sum(forwards.seconds[results.skip:results.skip + frames]))
+            return window
 
         warm_up = settle(model_only) + settle(live)
         model, live_s = alternate(model_only, live, rounds)
@@ -198,8 +219,8 @@ def live_ratio(frames: int, rounds: int, out: Path) -> dict:
     model_fps, live_fps = frames / statistics.median(model), frames / statistics.median(live_s)
     ratio = model_fps / live_fps
     return {"frames": frames, "warm_up_passes": warm_up, "model_only_fps": model_fps, "live_fps": live_fps,
-            "model_only_s": model, "live_s": live_s, "camera_frames_dropped_last_pass": dropped[-1], "ratio": ratio,
-            "target": "<= 1.05", "ok": ratio <= 1.05}
+            "model_only_s": model, "live_s": live_s, "live_per_result_over_forward": statistics.median(in_run),
+            "camera_frames_dropped_last_pass": dropped[-1], "ratio": ratio, "target": "<= 1.05", "ok": ratio <= 1.05}
 
 
 def bare_decode_encode(clip: Path, dst: Path, preset: str) -> int:
