@@ -3,6 +3,8 @@ what is wrong, exit 1, never a traceback; a checkpoint that says what it is load
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -97,12 +99,21 @@ def test_demo_checkpoint_on_a_coco_pipeline(demo_copy, clip, tmp_path, capsys):
     assert (tmp_path / "car_traffic_small.detections.jsonl").is_file()
 
 
-def test_classes_the_checkpoint_lacks(demo_copy, clip, tmp_path, capsys):
-    """traffic.toml keeps trucks and buses, which the demo model does not know: one line naming the weights."""
-    code = main(["run", "--pipeline", str(PIPELINES / "traffic.toml"), clip, "-o", str(tmp_path),
-                 "--weights", str(demo_copy), *ONE_FRAME])
+def test_classes_the_checkpoint_lacks(demo_copy, clip, tmp_path, capsys, caplog):
+    """traffic.toml keeps cars, trucks and buses; the demo model knows only cars of them: the run goes on with
+    cars after one warning naming the weights and the classes left out. None known at all: one line."""
+    with caplog.at_level(logging.WARNING):
+        code = main(["run", "--pipeline", str(PIPELINES / "traffic.toml"), clip, "-o", str(tmp_path),
+                     "--weights", str(demo_copy), *ONE_FRAME])
+    assert code == 0, capsys.readouterr().err
+    warnings = [r.getMessage() for r in caplog.records if "model.classes" in r.getMessage()]
+    assert len(warnings) == 1 and str(demo_copy) in warnings[0] and "truck, bus, motorcycle" in warnings[0]
+    records = [json.loads(line) for line in (tmp_path / "car_traffic_small.detections.jsonl").read_text().splitlines()]
+    assert {d["class"] for r in records for d in r["detections"]} <= {"car"}
+    capsys.readouterr()
+    code = main(["run", clip, "-o", str(tmp_path), "--weights", str(demo_copy), "--classes", "truck,bus", *ONE_FRAME])
     line = one_line_error(code, capsys, demo_copy)
-    assert "unknown class names ['truck', 'bus', 'motorcycle']" in line and "'car'" in line
+    assert "knows none of ['truck', 'bus']" in line and "'car'" in line
 
 
 def test_explicit_arch_that_conflicts(demo_copy, clip, tmp_path, capsys):

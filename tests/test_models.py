@@ -84,7 +84,7 @@ def test_class_filter_and_thresholds(street_frame):
         [Frame(street_frame, "f", 0, 0.0)])[0]
     assert len(filtered) > 0 and set(filtered.names) == {wanted}
     assert len(filtered) == everything.names.count(wanted)
-    with pytest.raises(ConfigError, match="unknown class names"):
+    with pytest.raises(ConfigError, match="knows none of"):
         TorchMaskRCNN(ModelOptions(classes=("unicorn",), **FAST), checkpoint)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -11,6 +12,8 @@ import numpy as np
 from streamseg.checks import bad, booleans, integer, names, number, text
 from streamseg.errors import ConfigError
 from streamseg.types import Detections, Frame
+
+log = logging.getLogger(__name__)
 
 
 DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
@@ -93,12 +96,18 @@ def no_cuda_device(device: str) -> ConfigError:
 
 
 def class_filter(classes: Sequence[str], class_names: Sequence[str], origin: str) -> np.ndarray | None:
-    """Label indices of ``classes`` in a model's ``class_names`` (None: keep every class); unknown names are a
-    :class:`ConfigError` that names the model (``origin``: its weights) and lists what it knows."""
+    """Label indices of ``classes`` in a model's ``class_names`` (None: keep every class). Names the model lacks
+    get one warning that names the model (``origin``: its weights) and what it knows, and are left out: a COCO
+    pipeline (car, truck, bus) still runs with a model that knows only cars. When it knows none of them, that is a
+    :class:`ConfigError`."""
     if not classes:
         return None
+    known = [c for c in class_names if c not in ("__background__", "N/A")]  # placeholders, not classes
     unknown = [c for c in classes if c not in class_names]
+    kept = [c for c in classes if c in class_names]
+    if not kept:
+        raise ConfigError(f"model.classes: the model {origin} knows none of {unknown} (it knows {known})")
     if unknown:
-        known = [c for c in class_names if c not in ("__background__", "N/A")]  # placeholders, not classes
-        raise ConfigError(f"model.classes: unknown class names {unknown} for the model {origin} (it knows {known})")
-    return np.array([list(class_names).index(c) for c in classes], dtype=np.int64)
+        log.warning("model.classes: the model %s does not know %s, left out (it knows %s)", origin,
+                    ", ".join(unknown), ", ".join(known))
+    return np.array([list(class_names).index(c) for c in kept], dtype=np.int64)
