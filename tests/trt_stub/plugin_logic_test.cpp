@@ -1,10 +1,12 @@
-// Exercises the MultiLevelRoIAlign plugin's own logic against the documented-API stand-in in this folder (see its
-// header comment for what that does and does not prove). Exit status 0 and "ok" when every check holds.
+// Exercises the MultiLevelRoIAlign plugin's own logic, compiled against TensorRT's real public headers and linked
+// against nvinfer_stub.cpp (the one libnvinfer function the plugin calls). Exit status 0 and "ok" when every check
+// holds. tests/test_trt_plugin.py builds and runs it once per header version in ../shared/third_party.
 #include "multi_level_roi_align_plugin.h"
 
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -13,6 +15,7 @@
 using namespace nvinfer1;
 
 // plugin_registration.cpp
+extern "C" void setLoggerFinder(ILoggerFinder* finder);
 extern "C" IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
 extern "C" bool initLibStreamsegPlugins(void* logger, char const* libNamespace);
 
@@ -32,31 +35,79 @@ void check(bool ok, char const* what)
     }
 }
 
-class Expr : public IDimensionExpr
+// IDimensionExpr and IExprBuilder forward to implementation objects (apiv::VDimensionExpr / VExprBuilder) that
+// libnvinfer normally creates; the test supplies both so that getOutputShapes() runs without the library.
+class ExprImpl final : public apiv::VDimensionExpr
 {
 public:
-    explicit Expr(int64_t v, bool constant) : mValue(v), mConstant(constant) {}
+    ExprImpl(int64_t value, bool constant) : mValue(value), mConstant(constant) {}
     bool isConstant() const override { return mConstant; }
-    int64_t getConstantValue() const override { return mValue; }
+    int64_t getConstantValue() const override { return mConstant ? mValue : std::numeric_limits<int64_t>::min(); }
+    bool isSizeTensor() const override { return false; }
 
 private:
     int64_t mValue;
     bool mConstant;
 };
 
-class Builder : public IExprBuilder
+class Expr final : public IDimensionExpr
 {
 public:
-    IDimensionExpr const* constant(int64_t value) noexcept override
+    Expr(int64_t value, bool constant) : mExpr(value, constant) { mImpl = &mExpr; }
+
+private:
+    ExprImpl mExpr;
+};
+
+class BuilderImpl final : public apiv::VExprBuilder
+{
+public:
+    IDimensionExpr const* constant(int64_t value) override
     {
         mOwned.push_back(std::make_unique<Expr>(value, true));
         return mOwned.back().get();
     }
-    IDimensionExpr const* operation(DimensionOperation, IDimensionExpr const&, IDimensionExpr const&) noexcept override
+    IDimensionExpr const* operation(DimensionOperation, IDimensionExpr const&, IDimensionExpr const&) override
+    {
+        return nullptr;  // the plugin's output shape needs no arithmetic
+    }
+    IDimensionExpr const* declareSizeTensor(int32_t, IDimensionExpr const&, IDimensionExpr const&) override
     {
         return nullptr;
     }
+
+private:
     std::vector<std::unique_ptr<Expr>> mOwned;
+};
+
+class Builder final : public IExprBuilder
+{
+public:
+    Builder() { mImpl = &mBuilder; }
+
+private:
+    BuilderImpl mBuilder;
+};
+
+// What TensorRT hands over through setLoggerFinder(): the plugin's error messages must arrive here, not on stderr.
+class RecordingLogger final : public ILogger
+{
+public:
+    void log(Severity severity, AsciiChar const* msg) noexcept override
+    {
+        if (severity == Severity::kERROR)
+        {
+            errors.emplace_back(msg);
+        }
+    }
+    std::vector<std::string> errors;
+};
+
+class Finder final : public ILoggerFinder
+{
+public:
+    ILogger* findLogger() override { return &logger; }
+    RecordingLogger logger;
 };
 
 // Fields as an ONNX parser may hand them over: ints as INT64, floats as FLOAT64, plus fields the plugin ignores.
@@ -225,7 +276,9 @@ int main()
     std::unique_ptr<IPluginV3> attached(runtime->attachToContext(nullptr));
     check(attached != nullptr, "attachToContext");
 
-    // invalid attributes are refused at creation (logged, nullptr)
+    // invalid attributes are refused at creation (nullptr), with the node's name on TensorRT's logger
+    Finder finder;
+    setLoggerFinder(&finder);
     OnnxFields maxPool;
     maxPool.poolMode = 0;
     check(creator.createPlugin("x", maxPool.build(), TensorRTPhase::kBUILD) == nullptr, "pool_mode 0 refused");
@@ -238,6 +291,10 @@ int main()
     OnnxFields zeroSize;
     zeroSize.outputWidth = 0;
     check(creator.createPlugin("x", zeroSize.build(), TensorRTPhase::kBUILD) == nullptr, "output_width 0 refused");
+    check(finder.logger.errors.size() == 4 && finder.logger.errors[0].find("node 'x'") != std::string::npos
+            && finder.logger.errors[0].find("MultiLevelRoIAlign plugin") == 0,
+        "each refusal is one error on the logger found through setLoggerFinder");
+    setLoggerFinder(nullptr);
 
     // the loadLibrary entry point hands out the creator
     int32_t count = 0;
