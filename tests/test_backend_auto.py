@@ -124,6 +124,11 @@ def test_auto_chooses_torch_or_tensorrt_where_onnx_runtime_does_not_pay(tmp_path
     assert auto_lines(caplog) == ["backend auto: torch (random:3 is an untrained test model: not worth an ONNX export)"]
     assert choose_backend(ModelOptions(device="cuda"))[0] == "torch"
     assert choose_backend(ModelOptions(weights="model.onnx")) == ("onnx", "model.onnx is an ONNX file")
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    name, reason = choose_backend(ModelOptions(cache_dir=str(blocked / "onnx")))
+    assert name == "torch" and reason == f"the ONNX cache {blocked / 'onnx'} cannot be written (set model.cache_dir " \
+                                         "or $STREAMSEG_ONNX_CACHE)"
     engines = tmp_path / "engines"
     engines.mkdir()
     (engines / "streamseg.json").write_text("{}")

@@ -90,6 +90,17 @@ def test_demo_model_parity_on_evalkit_frames(demo_exports, frames, flavour):
     assert report.max_box_deviation <= 1.0 and report.mask_iou_percentiles()["min"] >= 0.99
 
 
+def test_fused_file_runs_as_the_portable_one_in_onnx_runtime(demo_exports, frames):
+    """ONNX Runtime runs a fused node as the portable flavour's operations, built as ONNX nodes at load (no torch
+    export): the two files give the same detections."""
+    runs = [OnnxMaskRCNN(ModelOptions(weights=str(demo_exports[f]), score_threshold=0.0)).predict(frames)
+            for f in ("portable", "fused")]
+    for portable, fused in zip(*runs):
+        assert len(portable) == len(fused) > 0
+        np.testing.assert_allclose(fused.boxes, portable.boxes, atol=1e-4)
+        np.testing.assert_allclose(fused.scores, portable.scores, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, flavour", [("v1", "fused"), ("v2", "portable")])
 def test_random_r50_parity(arch, flavour, frames, tmp_path):

@@ -157,12 +157,12 @@ class OnnxMaskRCNN:
         if options.weights and options.weights.endswith(".onnx"):
             path = Path(options.weights)
             model, source = load_onnx(path), "file"
-            self.origin = str(path)
         else:
             model, path, exported = load_or_export(options, flavour)
             source = "exported now into the cache" if exported else "cached export"
-            self.origin = f"{options.weights or 'demo model'} ({source} {path})"
         meta = read_metadata(model, str(path))
+        # a cached export goes by the weights as given: copies of a checkpoint share one export
+        self.origin = str(path) if source == "file" else f"{options.weights or meta['weights']} ({source} {path})"
         self.meta = meta
         self.class_names = tuple(meta["class_names"])
         self.flavour = meta["flavour"]

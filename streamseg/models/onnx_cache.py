@@ -7,7 +7,7 @@ file's sha256 (``random:SEED`` for untrained weights), ``arch``, RoIAlign flavou
 metadata format and streamseg version. The size policy and the other options are not in the key: the graph has
 dynamic height and width and the runner takes sizes, proposal count, thresholds and the detection cap from the
 options (the values stored in the file are only its defaults), so one export gives the same detections at every
-``--min-size``; keying on them would re-export (a minute and 170 MB for R50-FPN) for no change.
+``--min-size``; keying on them would re-export (~10 s and 170 MB for R50-FPN) for no change.
 
 The export runs in a child process (the ``export onnx`` command of ``python -m streamseg``): inference code never
 imports the export toolchain, and the exporter's peak memory (~2 GB for R50-FPN) goes back to the system before the
@@ -102,7 +102,7 @@ def load_or_export(options: ModelOptions, flavour: str = "portable") -> tuple[on
     except OSError as err:
         raise ConfigError(f"model.cache_dir: cannot write the ONNX cache {path.parent}: {err.strerror or err}") from err
     try:
-        log.info("exporting %s to ONNX once, into the cache %s (R50-FPN: about a minute)", weights, path.parent)
+        log.info("exporting %s to ONNX once, into the cache %s", weights, path.parent)
         start = time.perf_counter()
         command = [sys.executable, "-m", "streamseg", "export", "onnx", "-o", temporary, "--weights", weights,
                    "--arch", options.arch, "--roi-align", flavour, "--opset", str(OPSET)]
