@@ -57,7 +57,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _source(options: ModelOptions) -> tuple[str, str, str]:
+def _source(options: ModelOptions) -> tuple[str, str]:
     """(``--weights`` for the exporter, identity of the weights for the key): a copy of a checkpoint under another
     name is the same export."""
     match = RANDOM_WEIGHTS.fullmatch(options.weights or "")
@@ -106,7 +106,9 @@ def load_or_export(options: ModelOptions, flavour: str = "portable") -> tuple[on
         start = time.perf_counter()
         command = [sys.executable, "-m", "streamseg", "export", "onnx", "-o", temporary, "--weights", weights,
                    "--arch", options.arch, "--roi-align", flavour, "--opset", str(OPSET)]
-        done = subprocess.run(command, capture_output=True, text=True)
+        package_root = str(Path(__file__).resolve().parents[2])  # the child runs this streamseg, installed or not
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:  # the exporter's one-line error (a bad checkpoint, a wrong --arch) is the run's
             lines = done.stderr.strip().splitlines()
             error = next((line for line in reversed(lines) if line.startswith("streamseg: error: ")), None)
