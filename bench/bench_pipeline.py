@@ -127,15 +127,18 @@ def settle(fn, tolerance: float = 0.1, max_passes: int = 5) -> int:
 
 class Results:
     """``on_result`` of a live run: times the results after the first ``skip`` (connecting and the burst of frames
-    buffered while the stream was probed stay out) up to ``skip + frames``, then sets ``done``."""
+    buffered while the stream was probed stay out) up to ``skip + frames``, then sets ``done``; the frames of those
+    results go to ``keep`` when given."""
 
-    def __init__(self, skip: int, frames: int):
-        self.skip, self.frames, self.count = skip, frames, 0
+    def __init__(self, skip: int, frames: int, keep: list | None = None):
+        self.skip, self.frames, self.count, self.keep = skip, frames, 0, keep
         self.start = self.end = 0.0
         self.done = threading.Event()
 
     def __call__(self, result, latency: float) -> None:
         self.count += 1
+        if self.keep is not None and self.skip < self.count <= self.skip + self.frames:
+            self.keep.append(result.frame)
         if self.count == self.skip:
             self.start = time.perf_counter()
         elif self.count == self.skip + self.frames:
@@ -164,22 +167,20 @@ class Forwards:
 def live_ratio(frames: int, rounds: int, out: Path) -> dict:
     """(4) A camera faster than the model: the live path must keep the model busy, so processed frames/s should be
     the model's own frames/s. One camera at 25 fps on 127.0.0.1 (tests/rtsp_server.py), the demo Mask R-CNN (a few
-    frames/s on CPU); the model-only side runs the same model on the camera clip's own pictures, one per forward as
-    a single camera gets, on its own thread like the live detect stage. Each live pass is a new run, timed over
-    ``frames`` results once results flow."""
+    frames/s on CPU); the model-only side runs the same model on the very pictures the first live pass processed
+    (the cost of a forward depends on the picture by some 10 %), one per forward as a single camera gets, on its own
+    thread like the live detect stage. Each live pass is a new run, timed over ``frames`` results once results
+    flow."""
     from live_server import RtspServer, make_clip
 
     from streamseg.config import build_config
     from streamseg.live import LiveRunner
     from streamseg.models import ModelOptions, TorchMaskRCNN
-    from streamseg.sources import open_source
 
     backend = TorchMaskRCNN(ModelOptions())  # the shipped demo model at its default size
     clip = make_clip(out / "camera.mp4", 120)  # served from its start to every connection, at 25 fps
-    with open_source(str(clip), max_frames=frames) as source:
-        pictures = list(source)
     config = build_config({"output_dir": str(out / "live"), "live": {"read_timeout": 5.0}})
-    dropped, in_run = [], []
+    pictures, dropped, in_run = [], [], []
 
     @on_a_thread
     def model_only():
@@ -188,7 +189,7 @@ def live_ratio(frames: int, rounds: int, out: Path) -> dict:
 
     with RtspServer({"/cam": clip}) as server:
         def live():
-            results = Results(skip=3, frames=frames)
+            results = Results(skip=3, frames=frames, keep=None if pictures else pictures)
             forwards = Forwards(backend)
             runner = LiveRunner(config, forwards, on_result=results)
             box: dict = {}
@@ -213,7 +214,7 @@ def live_ratio(frames: int, rounds: int, out: Path) -> dict:
             in_run.append(window / sum(forwards.seconds[results.skip:results.skip + frames]))
             return window
 
-        warm_up = settle(model_only) + settle(live)
+        warm_up = settle(live) + settle(model_only)  # the first live pass keeps the pictures for model-only
         model, live_s = alternate(model_only, live, rounds)
     backend.close()
     model_fps, live_fps = frames / statistics.median(model), frames / statistics.median(live_s)
