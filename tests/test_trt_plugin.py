@@ -12,7 +12,8 @@ What runs where:
   TENSORRT_ROOT of each version, the kernel compiles for every architecture the CMake build targets, and the
   PyTorch harness (the same .cu file) builds;
 - where a CUDA GPU is visible: the kernel against the reference (fp32 <= 1e-4, fp16 <= 1e-2) on randomized RoIs
-  with level-boundary sizes and empty sets, and its time against the portable per-level path at 1,000 RoIs;
+  with level-boundary sizes and empty sets, and bench/gpu_check.py's kernel rows (1,000 RoIs, its time against
+  torchvision's per-level roi_align); everywhere else `bench/gpu_check.py --dry-run` walks its CPU steps;
 - where TensorRT, a GPU and the built plugin are all present: engines built from a fused export and run by the
   tensorrt backend, compared with ONNX Runtime.
 Everything else skips, saying which of these is missing.
@@ -421,14 +422,17 @@ def kernel(harness):
     return harness
 
 
-def test_kernel_time_against_portable_path_at_1000_rois(kernel, capsys):
+def test_gpu_check_kernel_section(kernel, capsys):
+    """bench/gpu_check.py's kernel rows on this GPU: 1,000 RoIs (level boundaries, empty, outside the image) against
+    the reference at C=256, and the time against torchvision's per-level roi_align."""
     sys.path.insert(0, str(REPO / "bench"))
-    from bench_roi_align_kernel import time_kernel_and_portable
+    import gpu_check
 
-    figures = time_kernel_and_portable(kernel, rois=1000)
+    report = gpu_check.Report()
+    gpu_check.kernel_section(report, torch.cuda.get_device_name())
     with capsys.disabled():
-        print("\n" + figures.line())
-    assert figures.max_abs_diff <= 1e-4
+        print("\n" + report.table())
+    assert not report.failed
 
 
 # ------------------------------------------------------------------------------------------- builder and errors
@@ -615,3 +619,23 @@ def _scene_frames(count):
 
     scene = Scene(replace(SceneConfig(), seed=7, frames=count * 10))
     return [Frame(f.image, "scene7", f.index, f.time) for f in (scene.render(i * 10) for i in range(count))]
+
+
+def test_gpu_check_dry_run_walks_every_cpu_step(tmp_path):
+    """README's `bench/gpu_check.py --dry-run`: ~35 s here once the harness is built (the tests above build it), every
+    step a CPU can take runs (the kernel's CPU loop against the reference, R50-FPN and the pipeline small on the CPU)
+    and each GPU step is listed as skipped with its reason."""
+    assert "python3 bench/gpu_check.py --dry-run" in (REPO / "README.md").read_text()
+    rows_file = tmp_path / "rows.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--dry-run", "--json", str(rows_file)],
+                            capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads(rows_file.read_text())
+    assert not [r for r in rows if r["status"] == "FAIL"]
+    ran = {r["section"] for r in rows if not r["status"].startswith("skipped")}
+    assert {"kernel", "torch backend", "pipeline"} <= ran, rows
+    skipped = [r for r in rows if r["status"].startswith("skipped")]
+    assert skipped and all(len(r["status"]) > len("skipped: ") for r in skipped)
+    if HARNESS_MISSING is None:
+        assert [r for r in rows if r["section"] == "kernel" and r["status"] == "ok" and "CPU reference" in r["item"]]
+    assert " skipped, 0 failed" in result.stdout
