@@ -193,7 +193,7 @@ OUR_WARNINGS = ["-Wall", "-Wextra", "-Werror"]
 
 
 def _cuda_include() -> Path | None:
-    """cuda_runtime_api.h: the CUDA toolkit's, else the nvidia CUDA runtime wheel's (a CUDA build of torch brings it)."""
+    """cuda_runtime_api.h: the CUDA toolkit's, else the nvidia CUDA runtime wheel's (a CUDA torch brings it)."""
     candidates = [CUDA_HOME / "include"] if CUDA_HOME is not None else []
     for base in map(Path, sys.path):
         candidates += sorted(base.glob("nvidia/*/include"))
@@ -627,8 +627,8 @@ def test_gpu_check_dry_run_walks_every_cpu_step(tmp_path):
     and each GPU step is listed as skipped with its reason."""
     assert "python3 bench/gpu_check.py --dry-run" in (REPO / "README.md").read_text()
     rows_file = tmp_path / "rows.json"
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--dry-run", "--json", str(rows_file)],
-                            capture_output=True, text=True, timeout=240, cwd=REPO)
+    command = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--dry-run", "--json", str(rows_file)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads(rows_file.read_text())
     assert not [r for r in rows if r["status"] == "FAIL"]
