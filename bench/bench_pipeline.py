@@ -221,7 +221,9 @@ def live_ratio(frames: int, rounds: int, out: Path) -> dict:
     ratio = model_fps / live_fps
     return {"frames": frames, "warm_up_passes": warm_up, "model_only_fps": model_fps, "live_fps": live_fps,
             "model_only_s": model, "live_s": live_s, "live_per_result_over_forward": statistics.median(in_run),
-            "camera_frames_dropped_last_pass": dropped[-1], "ratio": ratio, "target": "<= 1.05", "ok": ratio <= 1.05}
+            "camera_frames_dropped_last_pass": dropped[-1], "ratio": ratio,
+            # below ~0.95 the live path would beat the bare model: a measurement bias, not a result
+            "target": "0.95 .. 1.05", "ok": 0.95 <= ratio <= 1.05}
 
 
 def bare_decode_encode(clip: Path, dst: Path, preset: str) -> int:
