@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """Tests that run the default (auto) backend export the model into a cache of this test session, not into the
+    user's ~/.cache (subprocesses inherit the variable). A cache given from outside is kept."""
+    if "STREAMSEG_ONNX_CACHE" not in os.environ:
+        os.environ["STREAMSEG_ONNX_CACHE"] = _SESSION_CACHE[0] = tempfile.mkdtemp(prefix="streamseg-test-onnx-")
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE[0] is not None:
+        shutil.rmtree(_SESSION_CACHE[0], ignore_errors=True)
+
+
+_SESSION_CACHE: list[str | None] = [None]
 
 
 def _evalkit_dir() -> Path:
