@@ -120,11 +120,30 @@ class PacketTap(Protocol):
     def end_session(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """A decoded picture waiting in the buffer with what its :class:`Frame` will carry. It becomes RGB (turned
+    upright by its display matrix, like a file's frames) only when taken: with a model slower than the camera most
+    pictures are dropped unseen, and converting each would cost a few ms of CPU per 1080p picture for nothing."""
+
+    picture: av.VideoFrame
+    source_id: str
+    index: int
+    time: float
+    pts: int | None
+    time_base: object
+    received: float
+
+    def frame(self) -> Frame:
+        image = upright(self.picture.to_ndarray(format="rgb24"), clockwise(self.picture))
+        return Frame(image, self.source_id, self.index, self.time, self.pts, self.time_base, self.received)
+
+
 class LatestFrames:
     """A bounded buffer that never blocks its producer: when full, the oldest frame is discarded and counted."""
 
     def __init__(self, capacity: int, wakeup: threading.Event | None = None):
-        self._frames: deque[Frame] = deque()
+        self._frames: deque[_Decoded] = deque()
         self._capacity = capacity
         self._changed = threading.Condition()
         self._ended = False
@@ -132,7 +151,7 @@ class LatestFrames:
         self.dropped = 0
         self.received = 0
 
-    def put(self, frame: Frame) -> None:
+    def put(self, frame: _Decoded) -> None:
         with self._changed:
             if len(self._frames) >= self._capacity:
                 self._frames.popleft()
@@ -143,14 +162,14 @@ class LatestFrames:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    def take(self, timeout: float | None = None) -> Frame | None:
+    def take(self, timeout: float | None = None) -> _Decoded | None:
         """The oldest buffered frame, waiting up to ``timeout`` (forever: None) for one; None on timeout or end."""
         with self._changed:
             if not self._frames and not self._ended:
                 self._changed.wait_for(lambda: self._frames or self._ended, timeout)
             return self._frames.popleft() if self._frames else None
 
-    def take_latest(self) -> Frame | None:
+    def take_latest(self) -> _Decoded | None:
         """The newest frame without waiting; older buffered ones are dropped (and counted)."""
         with self._changed:
             if not self._frames:
@@ -275,7 +294,8 @@ class LiveSource(Source):
 
     def take_latest(self) -> Frame | None:
         """The newest received frame that nobody took yet (older ones are dropped and counted), or None."""
-        return self._buffer.take_latest()
+        decoded = self._buffer.take_latest()
+        return None if decoded is None else decoded.frame()
 
     # -- Source ------------------------------------------------------------------------------------------------------
 
@@ -313,12 +333,12 @@ class LiveSource(Source):
     def _frames(self) -> Iterator[Frame]:
         kept = 0
         while True:
-            frame = self._buffer.take(timeout=None)
-            if frame is None:
+            decoded = self._buffer.take(timeout=None)
+            if decoded is None:
                 break
-            if frame.index % self.stride:
+            if decoded.index % self.stride:
                 continue
-            yield frame
+            yield decoded.frame()
             kept += 1
             if self.max_frames is not None and kept >= self.max_frames:
                 return
@@ -394,15 +414,13 @@ class LiveSource(Source):
                             self.decode_errors += 1  # damaged packet (UDP loss): the next keyframe repairs it
                             continue
                         for picture in decoded:
-                            # upright, like a file's frames (a phone streaming portrait sends a display matrix)
-                            image = upright(picture.to_ndarray(format="rgb24"), clockwise(picture))
                             received = time.time()
                             pts = picture.pts
                             seconds = clock(pts)  # the same clock as files, plus the jump repair
                             size = (picture.width, picture.height)
                             self.last_frame_wall = received
-                            self._buffer.put(Frame(image, self.source_id, index, seconds, pts,
-                                                   stream.time_base, received))
+                            self._buffer.put(_Decoded(picture, self.source_id, index, seconds, pts,
+                                                      stream.time_base, received))
                             index += 1
                             if self.max_frames is not None and index >= self.max_frames * self.stride:
                                 return
