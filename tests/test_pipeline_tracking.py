@@ -378,3 +378,22 @@ def test_event_rules_naming_unknown_classes_warn_once(tmp_path, caplog):
         Runner(build_config({"output_dir": str(tmp_path), "model": {"arch": "demo"}, "tracker": {"enabled": True},
                              "events": events})).close()
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_live_streams_show_an_id_from_the_tracks_confirmation_on(scene_video):
+    """A live stream has no lookahead: a detection is written at once, with a null id (UNTRACKED) until its track is
+    confirmed (min_hits 3: the first two frames), then with the id; a file run back-fills those two."""
+    from streamseg.stream import StreamProcessor
+    from streamseg.types import UNTRACKED, Frame, FrameResult, SourceInfo
+
+    config = build_config({"tracker": {"enabled": True, "min_hits": 3}})
+    info = SourceInfo("cam", "rtsp://cam", 640, 360, is_live=True)
+    box = Detections([[100, 100, 140, 180]], [0.9], [1], ("bg", "person"))
+    for live, expected in ((True, [UNTRACKED, UNTRACKED, 1, 1]), (False, [1, 1, 1, 1])):
+        stream = StreamProcessor(config, info, ("bg", "person"), None, live=live)
+        out = []
+        for i in range(4):
+            frame = Frame(np.zeros((360, 640, 3), np.uint8), "cam", i, i / 10)
+            out += stream.analyze(FrameResult(frame, box))
+        out += stream.finish()
+        assert [int(r.detections.track_ids[0]) for r in out] == expected, live
