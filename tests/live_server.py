@@ -39,9 +39,10 @@ def free_port() -> int:
 
 
 def make_clip(path: Path, seconds: float, width: int = 320, height: int = 240, fps: int = 25,
-              gop: int | None = None) -> Path:
+              gop: int | None = None, noise: bool = False) -> Path:
     """An H.264 MP4 (a keyframe every ``gop`` frames, default every second; no B-frames) with a moving block,
-    like a camera picture."""
+    like a camera picture; ``noise``: random pictures instead, which no encoder can shrink (an annotated copy of
+    them grows fast)."""
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -51,10 +52,14 @@ def make_clip(path: Path, seconds: float, width: int = 320, height: int = 240, f
                           "threads": "1"}
         base = np.zeros((height, width, 3), np.uint8)
         base[..., 2] = 90
+        rng = np.random.default_rng(0)
         for i in range(int(seconds * fps)):
-            image = base.copy()
-            x = (i * 4) % max(1, width - 40)
-            image[height // 3: height // 3 + 40, x: x + 40] = (230, 200, 40)
+            if noise:
+                image = rng.integers(0, 256, (height, width, 3), np.uint8)
+            else:
+                image = base.copy()
+                x = (i * 4) % max(1, width - 40)
+                image[height // 3: height // 3 + 40, x: x + 40] = (230, 200, 40)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, fps)
             for packet in stream.encode(frame):

@@ -12,13 +12,14 @@ import subprocess
 import sys
 import time
 import warnings
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
 import pytest
+
+from test_cli import faststart_copy
 
 from streamseg.errors import OutputError, SourceError, StageError
 from streamseg.graph import Node, Pipeline
@@ -66,14 +67,7 @@ def jsonl_records(path: Path) -> list[dict]:
 
 def faststart_cut(source: Path, folder: Path, fraction: float) -> Path:
     """The clip remuxed with its index first (as streaming-friendly files are), cut after ``fraction`` of its bytes."""
-    full = folder / "full.mp4"
-    with av.open(str(source)) as src, av.open(str(full), "w", options={"movflags": "faststart"}) as out:
-        vin = src.streams.video[0]
-        vout = out.add_stream_from_template(vin)
-        for packet in src.demux(vin):
-            if packet.dts is not None:
-                packet.stream = vout
-                out.mux(packet)
+    full = faststart_copy(source, folder / "full.mp4")
     cut = folder / "cut.mp4"
     data = full.read_bytes()
     cut.write_bytes(data[: int(len(data) * fraction)])
@@ -311,35 +305,18 @@ def test_bad_preset_fails_before_any_output(videos, tmp_path):
 # ---------------------------------------------------------------- one output fails: files and cameras alike
 
 
-def noisy_clip(path: Path, frames: int, width: int = 160, height: int = 120, fps: int = 25) -> Path:
-    """A camera-like H.264 clip (one slice a picture, no B-frames, a keyframe a second, as GStreamer's RTSP
-    payloader needs) of noise, which no encoder can shrink: its annotated copy grows fast."""
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "g": str(fps), "bf": "0", "crf": "23", "threads": "1"}
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (height, width, 3), np.uint8), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
-
-
 @pytest.mark.parametrize("limit", ["full disk", "file-size limit"])
 @pytest.mark.parametrize("kind", ["file", "camera"])
 def test_one_failing_output_the_others_go_on_for_files_and_cameras(kind, limit, tmp_path, request):
     """Issue 14: the video fills a 2 MB disk (ENOSPC) or hits a file-size limit (EFBIG) mid-run; the same policy
     holds for a file and a camera: the video is finalized with the frames that fit, the detections JSONL keeps
     being written to the last frame, the failure is one line naming the video, and the run exits 1."""
-    from live_server import RtspServer, gstreamer_missing
+    from live_server import RtspServer, gstreamer_missing, make_clip
 
     if kind == "camera" and gstreamer_missing():
         pytest.skip(gstreamer_missing())
-    clip = noisy_clip(tmp_path / "cam.mp4", 200)  # ~25 kB a frame of lossless video, ~150 bytes of JSONL
+    # 200 frames of noise, 160x120: ~25 kB a frame of lossless video, ~150 bytes of JSONL
+    clip = make_clip(tmp_path / "cam.mp4", 8, 160, 120, noise=True)
     options = {}
     if limit == "full disk":
         out = request.getfixturevalue("small_disk") / "out"

@@ -328,8 +328,9 @@ class Tracker:
         """Which of ``track_ids`` belong to tracks that have been confirmed (now or earlier): with
         ``update(keep_all=True)``, a tentative track's earlier detections get its id once this turns True (the
         back-fill), or stay untracked if the track is dropped first."""
-        confirmed = np.fromiter(self._confirmed_ids, np.int64, len(self._confirmed_ids))
-        return np.isin(np.asarray(track_ids, np.int64), confirmed)
+        # one set lookup per detection: called every frame, it must not cost more as a live stream's ids pile up
+        ids = np.asarray(track_ids, np.int64).tolist()
+        return np.fromiter((i in self._confirmed_ids for i in ids), bool, len(ids))
 
     def resolve(self, detections: Detections) -> Detections:
         """``update(keep_all=True)`` output with the ids of tracks not confirmed (yet, or ever) made ``UNTRACKED``."""
