@@ -48,6 +48,7 @@ OVERRIDES = {
     "track": "tracker.enabled",
     "metrics_port": "live.metrics_port",
     "transport": "live.transport",
+    "cluster": "cluster.address",
 }
 
 
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output-dir", help="output folder (default: out)")
     run.add_argument("--pipeline", type=Path, help="pipeline definition (pipelines/*.toml); flags override it")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--cluster", metavar="ADDRESS", help="run on a Ray cluster: its address (host:port, "
+                     "ray://host:port), auto, or local[:N] for a private one of N workers here; [cluster] in a "
+                     "pipeline has the rest (needs: pip install 'streamseg[cluster]')")
     model = run.add_argument_group("model")
     model.add_argument("--backend", help="auto (default: ONNX Runtime on a CPU, from an export of the weights made "
                        "once into the ONNX cache; PyTorch on a GPU, TensorRT for an engine folder; random weights: "
@@ -210,6 +214,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streamseg.sources import expand_sources, is_live_input
 
     config = replace(config, sources=tuple(expand_sources(config.sources)))  # a glob's videos: one source each
+    if config.cluster.address is not None:
+        return run_on_cluster(config, progress=not args.no_progress)
     if any(is_live_input(uri) for uri in config.sources):
         return run_cameras(config)  # all streams at once, until Ctrl-C
     skipped, failed = 0, []
@@ -236,6 +242,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise StreamsegError(f"unreadable images skipped: {skipped} (named in the warnings above); "
                              "every readable image is in the outputs")
     return 0
+
+
+def run_on_cluster(config, progress: bool) -> int:
+    """``run --cluster``: files and image folders as work items on model actors (streamseg.cluster.files), with the
+    exit codes of a local run."""
+    from streamseg.cluster.files import ClusterRunner
+    from streamseg.sources import is_live_input
+
+    if any(is_live_input(uri) for uri in config.sources):
+        from streamseg.cluster.cameras import run_cameras_on_cluster
+
+        return run_cameras_on_cluster(config)
+    run = ClusterRunner(config, progress=progress).run(config.sources)
+    print(run.table(), file=sys.stderr)
+    for source in run.sources:
+        for kind, path in source.outputs.items():
+            log.info("%s: %s -> %s", source.source_id, kind, path)
+    if run.interrupted:
+        done = sum(s.done for s in run.sources)
+        log.warning("interrupted: %d of %d sources done; the same command resumes the rest from %s", done,
+                    len(run.sources), Path(config.output_dir) / ".streamseg-cluster")
+        return EXIT_INTERRUPTED
+    failed = [s.errors for s in run.sources if s.errors]
+    _print_output_errors(failed)
+    for source in run.sources:
+        if source.source_error:
+            print(f"streamseg: error: {source.source_error}", file=sys.stderr)
+    skipped = sum(len(s.skipped) for s in run.sources)
+    if skipped:
+        print(f"streamseg: error: unreadable images skipped: {skipped} (named in the warnings above); every "
+              "readable image is in the outputs", file=sys.stderr)
+    return EXIT_ERROR if failed or skipped or any(s.source_error for s in run.sources) else 0
 
 
 def run_cameras(config) -> int:

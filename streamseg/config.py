@@ -11,6 +11,7 @@ A file has top-level ``sources`` and ``output_dir`` plus one table per stage kin
     [tracker]  enabled (true when the table is present) and every field of streamseg.tracking.TrackerConfig
     [events]   units, [[events.zones]], [[events.lines]], [events.collision]  (streamseg.events.config)
     [live]     live streams (rtsp://, http(s)://, v4l2://): transport, timeouts, reconnect, metrics, recording
+    [cluster]  address (a Ray cluster; absent: run here), chunk_seconds, actors, num_cpus, num_gpus, ...
 
 Unknown keys, wrong types and values out of range are one-line errors that name the file, the key, what is
 allowed and the value (``p.toml: sinks.crf: expected an integer 0..51, got 99``), raised while the config is
@@ -152,6 +153,45 @@ class LiveOptions:
         booleans(self, "live")
 
 
+CLUSTER_SHARED = ("auto", "yes", "no")
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """``[cluster]`` (``streamseg run --cluster ADDRESS``): run on a Ray cluster (:mod:`streamseg.cluster`)."""
+
+    address: str | None = None
+    """A Ray address (``host:port``, ``ray://host:port``), ``auto`` (the cluster this machine belongs to), or
+    ``local[:N]`` (a private cluster on this machine, N workers; default: its CPU count). None: no cluster."""
+    chunk_seconds: float = 60.0
+    """Files are cut into work items of about this length, at keyframes (short files are one item)."""
+    chunk_images: int = 500
+    """Image folders are cut into work items of this many images."""
+    actors: int | None = None
+    """Model actors (each holds one model). None: as many as the cluster's resources fit (at most 64)."""
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    """Resources each model or camera actor asks Ray for; fractional GPUs share a GPU between actors."""
+    shared_output: str = "auto"
+    """Whether every node writes to ``output_dir`` itself (``yes``: a shared filesystem), or sends its results
+    through Ray's object store for this machine to write (``no``); ``auto`` finds out with a probe file."""
+    max_cameras_per_node: int | None = None
+    """Live cameras: at most this many camera actors on one node (None: no cap beyond resources)."""
+    max_retries: int = 3
+    """Times a work item is retried after its worker died or its node was lost, before the run fails."""
+
+    def __post_init__(self):
+        text("cluster.address", self.address, optional=True)
+        number("cluster.chunk_seconds", self.chunk_seconds, above=0)
+        integer("cluster.chunk_images", self.chunk_images, 1)
+        integer("cluster.actors", self.actors, 1, optional=True)
+        number("cluster.num_cpus", self.num_cpus, 0)
+        number("cluster.num_gpus", self.num_gpus, 0)
+        choice("cluster.shared_output", self.shared_output, CLUSTER_SHARED)
+        integer("cluster.max_cameras_per_node", self.max_cameras_per_node, 1, optional=True)
+        integer("cluster.max_retries", self.max_retries, 0)
+
+
 @dataclass(frozen=True)
 class TrackerOptions:
     """``[tracker]``: ``enabled`` plus the tracker's own settings (every field of :class:`TrackerConfig`). Without
@@ -176,6 +216,7 @@ class PipelineConfig:
     tracker: TrackerOptions = field(default_factory=TrackerOptions)
     events: EventsConfig = field(default_factory=EventsConfig)
     live: LiveOptions = field(default_factory=LiveOptions)
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
 
     def __post_init__(self):
         object.__setattr__(self, "sources", names("sources", self.sources))
@@ -186,7 +227,7 @@ class PipelineConfig:
 
 
 SECTIONS = {"source": SourceOptions, "model": ModelOptions, "graph": GraphOptions, "sinks": SinkOptions,
-            "live": LiveOptions}
+            "live": LiveOptions, "cluster": ClusterOptions}
 
 
 def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:

@@ -93,11 +93,9 @@ class StreamProcessor:
     def _open_outputs(self, out_dir: Path, images: Sequence[str] | None) -> None:
         cfg, info, sid, stack = self.config, self.info, self.source_id, self._stack
         sinks = cfg.sinks
-        overlays = _overlays(self.engine)
 
         def video(path: Path) -> VideoSink:
-            return VideoSink(path, info, codec=sinks.codec, preset=sinks.preset, crf=sinks.crf,
-                             annotator=Annotator(overlays=overlays))
+            return annotated_video(cfg, info, path, self.engine)
 
         if sinks.video and self.live:
             minutes = cfg.live.segment_minutes or DEFAULT_ANNOTATED_MINUTES
@@ -336,6 +334,15 @@ def warn_unknown_event_classes(config: PipelineConfig, class_names: Sequence[str
     if unknown:
         named = "; ".join(f"{rule}: {', '.join(classes)}" for rule, classes in unknown.items())
         log.warning("event rules name classes the model does not know (%s); it knows %s", named, ", ".join(known))
+
+
+def annotated_video(config: PipelineConfig, info: SourceInfo, path: Path, engine: EventEngine | None = None,
+                    **options) -> VideoSink:
+    """The annotated-video sink of a stream (with the event rules' zones and lines drawn); ``options`` go to
+    :class:`VideoSink` (a cluster's chunk encoders pass the stream's time origin)."""
+    sinks = config.sinks
+    return VideoSink(path, info, codec=sinks.codec, preset=sinks.preset, crf=sinks.crf,
+                     annotator=Annotator(overlays=_overlays(engine)), **options)
 
 
 def _overlays(engine: EventEngine | None) -> list[Overlay]:

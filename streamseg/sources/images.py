@@ -50,7 +50,8 @@ class ImageFolderSource(Source):
     ``paths`` (filled by ``open()``) lists every image in order and ``names`` the same files relative to the
     folder (a glob: to its folder part before the first wildcard), as outputs name them; ``Frame.index`` is the
     position in both, also for strided frames, so ``paths[frame.index]`` is the file a frame came from. Images
-    may differ in size: each frame has its own, ``info`` has the first readable image's. Still images have no
+    may differ in size: each frame has its own, ``info`` has the first readable image's. ``index_range`` ``(start,
+    stop)`` keeps the frames whose index is in ``range(start, stop)`` (a cluster's work item). Still images have no
     clock: ``Frame.time`` is ``index / fps`` when ``fps`` is given, else the index itself; ``pts`` is None.
     ``source_id`` defaults to the folder's name (the file's stem for one image).
 
@@ -66,8 +67,10 @@ class ImageFolderSource(Source):
         fps: float | None = None,
         stride: int = 1,
         max_frames: int | None = None,
+        index_range: tuple[int, int] | None = None,
     ):
         self.pattern = str(path_or_glob)
+        self.index_range = index_range
         super().__init__(source_id or _default_id(self.pattern), stride=stride, max_frames=max_frames)
         if fps is not None and (isinstance(fps, bool) or not fps > 0):
             raise ConfigError(f"fps must be None or a number > 0, got {fps!r}")
@@ -83,7 +86,10 @@ class ImageFolderSource(Source):
         self.names = [Path(os.path.relpath(p, root)).as_posix() for p in self.paths]
         self.skipped = []
         # one iterator over the picked indices: open() reads up to the first readable image, _frames() goes on
-        self._picks = iter(range(0, len(self.paths), self.stride)[: self.max_frames])
+        picks = range(0, len(self.paths), self.stride)[: self.max_frames]
+        if self.index_range is not None:
+            picks = [i for i in picks if self.index_range[0] <= i < self.index_range[1]]
+        self._picks = iter(picks)
         self._first = next(((i, image) for i in self._picks if (image := self._read(i)) is not None), None)
         if self._first is None:
             raise SourceError(f"{self.pattern}: no readable image ({len(self.skipped)} skipped)")

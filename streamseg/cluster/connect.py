@@ -1,0 +1,89 @@
+"""Joining a Ray cluster, or starting a private one on this machine, for the length of a run.
+
+``ADDRESS`` is what ``ray.init`` takes (``host:port``, ``ray://host:port``, ``auto``), or ``local[:N]``: a
+single-node cluster of N CPUs (default: this machine's) that lives as long as the run. A local cluster listens on
+loopback only (Ray binds every interface by default; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps a single node on
+127.0.0.1, measured) and uses Ray's token auth with a fresh random token held in this process's environment, never
+written to the home folder. An existing cluster is joined with the caller's own Ray settings (``RAY_AUTH_TOKEN``
+or ``~/.ray/auth_token``): its auth is used as configured, never switched off here.
+
+Ray is an optional dependency (``pip install 'streamseg[cluster]'``); importing this module does not import it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+from streamseg.errors import ConfigError, StreamsegError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "Ray is not installed: pip install 'streamseg[cluster]' (or: pip install ray)"
+_LOCAL = re.compile(r"^local(?::(\d+))?$")
+
+
+def import_ray():
+    """The ``ray`` module, or a one-line error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise StreamsegError(f"--cluster: {INSTALL_HINT}") from None
+    return ray
+
+
+def local_cpus(address: str) -> int | None:
+    """N of ``local[:N]`` (this machine's CPU count for plain ``local``); None for a real cluster address."""
+    match = _LOCAL.match(address.strip())
+    if match is None:
+        return None
+    cpus = int(match.group(1)) if match.group(1) else os.cpu_count() or 1
+    if cpus < 1:
+        raise ConfigError(f"--cluster {address}: local:N needs N >= 1")
+    return cpus
+
+
+@contextmanager
+def connected(address: str, *, namespace: str = "streamseg") -> Iterator[object]:
+    """Ray, initialised for this process on ``address`` (see the module docstring); shut down on exit."""
+    ray = import_ray()
+    cpus = local_cpus(address)
+    saved = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="streamseg-ray-") if cpus else _nothing() as temp:
+        try:
+            if cpus:
+                # Inherited by every Ray process this driver starts (GCS, raylet, workers).
+                os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+                os.environ["RAY_AUTH_MODE"] = "token"
+                os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(24)
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, namespace=namespace,
+                         logging_level=logging.WARNING, log_to_driver=True)
+            else:
+                ray.init(address=address, namespace=namespace, logging_level=logging.WARNING, log_to_driver=True)
+        except ConnectionError as err:
+            raise StreamsegError(f"--cluster {address}: cannot connect ({_one_line(err)})") from None
+        except (RuntimeError, ValueError) as err:
+            raise StreamsegError(f"--cluster {address}: cannot start Ray ({_one_line(err)})") from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+            if cpus:
+                os.environ.clear()
+                os.environ.update(saved)
+
+
+@contextmanager
+def _nothing():
+    yield None
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
