@@ -37,9 +37,11 @@ class Call:
 
 
 class WorkerPool:
-    """``actors`` model actors; :meth:`submit` queues calls, :meth:`poll` runs the finished calls' callbacks."""
+    """``actors`` model actors; :meth:`submit` queues calls, :meth:`poll` runs the finished calls' callbacks.
+    ``backend_factory`` (a picklable callable returning a Backend) replaces the configured model: your own model
+    on the cluster."""
 
-    def __init__(self, ray, config: PipelineConfig, actors: int | None = None):
+    def __init__(self, ray, config: PipelineConfig, actors: int | None = None, backend_factory=None):
         self.ray = ray
         opts = config.cluster
         self.max_retries = opts.max_retries
@@ -48,7 +50,7 @@ class WorkerPool:
 
         remote = ray.remote(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_restarts=-1,
                             max_task_retries=opts.max_retries)(ChunkWorker)
-        self.actors = [remote.remote(config) for _ in range(self.count)]
+        self.actors = [remote.remote(config, backend_factory) for _ in range(self.count)]
         # ready (models loaded) before work is handed out; where each runs, for whoever operates the cluster
         places = ray.get([actor.where.remote() for actor in self.actors])
         log.info("cluster: %d model actor%s ready: %s", self.count, "s" * (self.count != 1),

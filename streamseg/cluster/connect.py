@@ -51,17 +51,18 @@ def local_cpus(address: str) -> int | None:
 @contextmanager
 def connected(address: str, *, namespace: str = "streamseg") -> Iterator[object]:
     """Ray, initialised for this process on ``address`` (see the module docstring); shut down on exit."""
-    ray = import_ray()
     cpus = local_cpus(address)
-    saved = dict(os.environ)
+    if cpus:
+        # Inherited by every Ray process this driver starts (GCS, raylet, workers). Ray reads the token once, when
+        # first used: one token per driver process, kept for its later local clusters.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(24))
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray = import_ray()
     with tempfile.TemporaryDirectory(prefix="streamseg-ray-") if cpus else _nothing() as temp:
         try:
             if cpus:
-                # Inherited by every Ray process this driver starts (GCS, raylet, workers).
-                os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-                os.environ["RAY_AUTH_MODE"] = "token"
-                os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(24)
-                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, namespace=namespace,
                          logging_level=logging.WARNING, log_to_driver=True)
             else:
@@ -74,9 +75,6 @@ def connected(address: str, *, namespace: str = "streamseg") -> Iterator[object]
             yield ray
         finally:
             ray.shutdown()
-            if cpus:
-                os.environ.clear()
-                os.environ.update(saved)
 
 
 @contextmanager

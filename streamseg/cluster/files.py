@@ -29,7 +29,7 @@ from collections import defaultdict
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -41,6 +41,7 @@ from streamseg.cluster.results import unpack
 from streamseg.cluster.work import Outcome, WorkItem, commit
 from streamseg.config import PipelineConfig
 from streamseg.errors import ConfigError, StreamsegError, output_error
+from streamseg.models.backend import Backend
 from streamseg.pipeline import OUTPUT_SUFFIXES, _remove_stale, _source_kwargs
 from streamseg.sources import open_source
 from streamseg.stream import StreamProcessor, warn_unknown_event_classes
@@ -101,6 +102,8 @@ class ClusterRun:
     reused: int = 0
     """Items whose results an earlier (killed) run of the same command had committed."""
     interrupted: bool = False
+    setup_time: float = 0.0
+    """Seconds to plan, join the cluster and have every actor's model loaded (part of ``wall_time``)."""
 
     def table(self) -> str:
         """Per-stage busy time summed over workers (and the driver's own stages)."""
@@ -120,12 +123,16 @@ class ClusterRun:
 class ClusterRunner:
     """Runs files and image folders on the cluster ``config.cluster.address`` (see the module docstring)."""
 
-    def __init__(self, config: PipelineConfig, *, progress: bool = False, actors: int | None = None):
+    def __init__(self, config: PipelineConfig, *, progress: bool = False, actors: int | None = None,
+                 backend_factory: Callable[[], Backend] | None = None):
+        """``actors`` overrides ``[cluster] actors``; ``backend_factory`` (picklable, called on each actor) gives
+        another model than the configured one."""
         if config.cluster.address is None:
             raise ConfigError("cluster.address: needed for a cluster run (--cluster ADDRESS)")
         self.config = config
         self.progress = progress
         self.actors = actors
+        self.backend_factory = backend_factory
         self._seconds: dict[str, float] = defaultdict(float)
         self._items: dict[str, int] = defaultdict(int)
 
@@ -140,7 +147,8 @@ class ClusterRunner:
         work = WorkFolder(out_dir, fingerprint(self.config, uris), [s.source_id for s in sources])
         with ExitStack() as stack:
             ray = stack.enter_context(connected(self.config.cluster.address))
-            pool = WorkerPool(ray, self.config, self.actors)
+            pool = WorkerPool(ray, self.config, self.actors, self.backend_factory)
+            setup_time = time.perf_counter() - started
             stack.callback(pool.close)
             class_names = ray.get(pool.actors[0].class_names.remote())
             warn_unknown_event_classes(self.config, class_names)
@@ -160,7 +168,7 @@ class ClusterRunner:
             if not interrupted:
                 work.remove()
             return ClusterRun(sources, pool.count, pool.retried, work.resumed, time.perf_counter() - started,
-                              dict(self._seconds), dict(self._items), scheduler.reused, interrupted)
+                              dict(self._seconds), dict(self._items), scheduler.reused, interrupted, setup_time)
 
     # -- planning ------------------------------------------------------------------------------------------------
 

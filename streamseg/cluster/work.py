@@ -22,12 +22,14 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from streamseg.cluster.chunks import Chunk, ChunkPlan, ChunkSource
 from streamseg.cluster.results import pack
 from streamseg.config import PipelineConfig
 from streamseg.errors import SourceError, StageError
 from streamseg.graph import Node, Pipeline
+from streamseg.models.backend import Backend
 from streamseg.sources.base import Source
 from streamseg.sources.images import ImageFolderSource
 from streamseg.sources.video import VideoFileSource
@@ -118,11 +120,11 @@ def open_item(config: PipelineConfig, item: WorkItem) -> Source:
 class ChunkWorker:
     """Holds one model; runs :meth:`detect` and :meth:`encode` on work items (the body of a Ray actor)."""
 
-    def __init__(self, config: PipelineConfig):
+    def __init__(self, config: PipelineConfig, backend_factory: Callable[[], Backend] | None = None):
         from streamseg.models import build_backend
 
         self.config = config
-        self.backend = build_backend(config.model, config.backend)
+        self.backend = backend_factory() if backend_factory else build_backend(config.model, config.backend)
 
     def detect(self, item: WorkItem, final: str, probe: str | None) -> Outcome:
         """Decode and detect ``item``; its results go to ``final`` (see the module docstring)."""
