@@ -3,6 +3,8 @@
 Timing contract:
 - frames with ``pts`` and ``time_base``: output pts = ``frame.pts - first.pts`` in the first frame's time base
   (frames in another time base are rescaled exactly), so variable-frame-rate sources keep their irregular times;
+  with ``time_origin=(pts, time_base)`` (the stream's first frame, for a sink that writes a later part of the stream:
+  a cluster's chunk), ``frame.pts - pts`` in that time base, so parts joined by stream copy time like one sink's file;
 - frames without pts (image sequences): frame ``i`` is shown at ``(i - first index) / fps``, where fps is
   ``info.fps`` or ``default_fps``;
 - each frame lasts until the next one; the last lasts ``1 / info.fps`` (when unknown: as long as the one before,
@@ -68,6 +70,7 @@ class VideoSink(Sink):
     The container is opened here, so an unwritable path fails before the first frame; the video stream is
     added at the first frame, whose size and time base define the output. Pass ``annotator=None`` for the
     default :class:`Annotator`; ``Annotator(masks=False, boxes=False, labels=False)`` writes frames as they are.
+    ``time_origin`` puts a part of a stream on the whole stream's clock (see the timing contract above).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class VideoSink(Sink):
         crf: int = 23,
         annotator: Annotator | None = None,
         default_fps: Fraction | float = 25,
+        time_origin: tuple[int, Fraction] | None = None,
     ):
         check_encoder(codec, preset, crf)
         self.path = Path(path)
@@ -92,8 +96,17 @@ class VideoSink(Sink):
         """Stream rate written to the container (``info.fps``, else ``default_fps``)."""
         self._codec = codec
         self._options = _encoder_options(preset, crf)
+        # (pts, time base) at output pts 0: time_origin, else the first frame's; None for frames without pts
+        self._origin = None if time_origin is None else (int(time_origin[0]), Fraction(time_origin[1]))
+        self._origin_time = 0.0  # Frame.time of the origin
+        options = {"movflags": "+faststart"}
+        if time_origin is not None:
+            # A part that starts later than 0 begins with an empty edit, whose length is written in the movie
+            # timescale (1000 by default: rounded to the millisecond, the part would move when joined). In the
+            # track's own timescale it is exact.
+            options["movie_timescale"] = str(mp4_timescale(self._origin[1]))
         self._out = _Output(self.path, max(info.frame_count or 0, 1024))
-        self._container = av.open(self._out, mode="w", format="mp4", options={"movflags": "+faststart"},
+        self._container = av.open(self._out, mode="w", format="mp4", options=options,
                                   buffer_size=BUFFER, io_open=self._reopen)
         self._stream = None
         self._size: tuple[int, int] | None = None  # (H, W) of the first frame, before even-padding
@@ -164,10 +177,9 @@ class VideoSink(Sink):
         height, width = frame.image.shape[:2]
         self._size = (height, width)
         self._first = frame
-        if frame.pts is not None and frame.time_base:
-            self._time_base = Fraction(frame.time_base)
-        else:
-            self._time_base = 1 / self.fps
+        if self._origin is None and frame.pts is not None and frame.time_base:
+            self._origin, self._origin_time = (frame.pts, Fraction(frame.time_base)), frame.time
+        self._time_base = self._origin[1] if self._origin else 1 / self.fps
         stream = self._container.add_stream(self._codec, rate=self.fps)
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
@@ -177,14 +189,14 @@ class VideoSink(Sink):
         self._stream = stream
 
     def _pts(self, frame: Frame) -> int:
-        first, tb = self._first, self._time_base
-        if first.pts is None or not first.time_base:
-            return frame.index - first.index
+        if self._origin is None:
+            return frame.index - self._first.index
+        pts, time_base = self._origin
         if frame.pts is not None and frame.time_base:
-            seconds = frame.pts * Fraction(frame.time_base) - first.pts * Fraction(first.time_base)
+            seconds = frame.pts * Fraction(frame.time_base) - pts * time_base
         else:  # a frame without pts in a timed stream: fall back to its float time
-            seconds = Fraction(frame.time - first.time)
-        return round(seconds / tb)
+            seconds = Fraction(frame.time - self._origin_time)
+        return round(seconds / self._time_base)
 
     def _last_duration(self) -> int:
         if self.info.fps or self._last_delta is None:
@@ -221,6 +233,15 @@ class VideoSink(Sink):
     def _reopen(self, url: str, flags: int, options: dict):
         """The file read back by FFmpeg's second pass, which moves the index to the front (``+faststart``)."""
         return open(self.path, "rb")
+
+
+def mp4_timescale(time_base: Fraction) -> int:
+    """The track timescale FFmpeg's MP4 muxer gives a video stream in ``time_base``: its denominator, doubled until
+    it is at least 10000."""
+    scale = Fraction(time_base).denominator
+    while scale < 10000:
+        scale *= 2
+    return scale
 
 
 def check_encoder_options(codec: str, preset: str, crf: int) -> None:
