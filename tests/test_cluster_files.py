@@ -130,7 +130,7 @@ def test_cluster_run_writes_what_a_local_run_writes(scene_clip, local_run, tmp_p
     done = run([str(scene_clip), "--cluster", "local:2", "--pipeline", str(pipeline(tmp_path)), "-o", str(out)])
     assert done.returncode == 0, done.stderr
     assert re.search(r"2 model actors ready", done.stderr)
-    assert re.search(r"wall time .* on 2 actors, 6 work items", done.stderr), done.stderr
+    assert re.search(r"wall time .* on 2 actors, 6 work items, 0 reused", done.stderr), done.stderr
     assert_same_outputs(local_run, out)
 
 

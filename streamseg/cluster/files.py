@@ -114,7 +114,7 @@ class ClusterRun:
             where = "driver" if name in ("track+write", "join") else "workers"
             per = f"{1000 * seconds / items:.1f}" if items else "-"
             rows.append(f"{name:<16} {where:<8} {items:>8} {seconds:>9.2f} {per:>9}")
-        rows.append(f"wall time {self.wall_time:.2f} s on {self.actors} actor{'s' * (self.actors != 1)}, "
+        rows.append(f"wall time {self.wall_time:.2f} s (set-up {self.setup_time:.2f} s) on {self.actors} actor{'s' * (self.actors != 1)}, "
                     f"{sum(len(s.items) for s in self.sources)} work items, {self.reused} reused, {self.retried} retried"
                     + (", resumed" if self.resumed else "") + (", interrupted" if self.interrupted else ""))
         return "\n".join(rows)
