@@ -3,6 +3,7 @@ a worker dies mid-chunk, when results travel through the object store, and when 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -78,6 +79,11 @@ def local_run(scene_clip, tmp_path_factory) -> Path:
     done = run([str(scene_clip), "--pipeline", str(pipeline(out)), "-o", str(out / "out")])
     assert done.returncode == 0, done.stderr
     return out / "out"
+
+
+def loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
 
 
 def video_times(path: Path) -> list[tuple[int, float]]:
@@ -205,3 +211,31 @@ def test_without_ray_the_cluster_flag_says_how_to_install_it(tmp_path, scene_cli
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == \
         "streamseg: error: --cluster: Ray is not installed: pip install 'streamseg[cluster]' (or: pip install ray)"
+
+
+def test_node_lost_mid_run_its_items_run_elsewhere(scene_clip, local_run, tmp_path_factory):
+    """A real two-node cluster (loopback only, token auth): the worker node is killed while its actor works; the
+    items it held run on the head's actor and the outputs are still a local run's."""
+    from ray_cluster import RayTestCluster, unavailable
+
+    if reason := unavailable():
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("node-lost")
+    out = folder / "out"
+    with RayTestCluster(folder, worker_nodes=1, head_cpus=1, worker_cpus=1) as cluster:
+        proc = cluster.popen([*STREAMSEG, "run", "--no-progress", str(scene_clip), "--cluster", cluster.address,
+                              "--pipeline", str(pipeline(folder, actors=2)), "-o", str(out)],
+                             stderr=subprocess.PIPE, text=True, cwd=REPO)
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "model actors ready" in line:
+                time.sleep(1.0)
+                cluster.kill_node(1)
+                break
+        stderr = "".join(lines) + proc.stderr.read()
+        assert proc.wait(timeout=240) == 0, stderr
+        sockets = cluster.listening_sockets()
+        assert sockets and all(loopback(address) for _, address, _, _ in sockets), sockets
+    assert "worker lost" in stderr, stderr
+    assert_same_outputs(local_run, out)

@@ -2,15 +2,18 @@
 turns Ray's at-least-once execution into every item done once.
 
 Each actor holds one model and asks Ray for ``[cluster] num_cpus`` / ``num_gpus`` (fractions allowed), so a mixed
-cluster places actors where they fit. Ray restarts an actor whose process died (``max_restarts=-1``) and re-runs
-the call it was on (``max_task_retries``); an actor whose node is gone restarts on another node. When Ray gives up
-on a call, :class:`WorkerPool` hands the item to another actor, up to ``max_retries`` times. Items are idempotent
-(:func:`~streamseg.cluster.work.commit`), so a call that ran twice leaves one output.
+cluster places actors where they fit. Ray restarts an actor whose process died (``max_restarts=-1``), on another
+node when its node is gone and another has room. The pool, not Ray, re-runs the calls a dead actor was on: it
+hands them at once to an actor that is up (Ray's own call retries would wait for that very actor, which may find
+no room for a long time after its node was lost), up to ``max_retries`` times per item, and pings the dead actor
+until it is back. Items are idempotent (:func:`~streamseg.cluster.work.commit`), so one that ran twice leaves one
+output.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,6 +23,8 @@ from streamseg.errors import StreamsegError
 log = logging.getLogger(__name__)
 
 MAX_AUTO_ACTORS = 64
+PING_INTERVAL = 1.0
+"""Seconds between pings of an actor that is down (restarting, or waiting for room after its node was lost)."""
 IN_FLIGHT_PER_ACTOR = 2
 """Calls queued on one actor: the next item is there when the current one ends (no round trip in between)."""
 
@@ -49,13 +54,15 @@ class WorkerPool:
         from streamseg.cluster.work import ChunkWorker
 
         remote = ray.remote(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_restarts=-1,
-                            max_task_retries=opts.max_retries)(ChunkWorker)
+                            max_task_retries=0)(ChunkWorker)
         self.actors = [remote.remote(config, backend_factory) for _ in range(self.count)]
         # ready (models loaded) before work is handed out; where each runs, for whoever operates the cluster
         places = ray.get([actor.where.remote() for actor in self.actors])
         log.info("cluster: %d model actor%s ready: %s", self.count, "s" * (self.count != 1),
                  ", ".join(f"{host} pid {pid}" for host, pid in places))
         self._busy = [0] * self.count
+        self._down: dict[int, Any] = {}  # actor -> its pending ping (None: ping again after PING_INTERVAL)
+        self._next_ping = 0.0
         self._waiting: list[Call] = []
         self._running: dict[Any, Call] = {}
         self.retried = 0
@@ -73,13 +80,12 @@ class WorkerPool:
     def idle(self) -> bool:
         return not self._waiting and not self._running
 
-    @property
-    def free_slots(self) -> int:
-        return sum(IN_FLIGHT_PER_ACTOR - busy for busy in self._busy) - len(self._waiting)
-
     def _dispatch(self) -> None:
         while self._waiting:
-            actor = min(range(self.count), key=lambda i: self._busy[i])
+            up = [i for i in range(self.count) if i not in self._down]
+            if not up:
+                return
+            actor = min(up, key=lambda i: self._busy[i])
             if self._busy[actor] >= IN_FLIGHT_PER_ACTOR:
                 return
             call = self._waiting.pop(0)
@@ -88,9 +94,33 @@ class WorkerPool:
             ref = getattr(self.actors[actor], call.method).remote(*call.args)
             self._running[ref] = call
 
+    def _check_down(self) -> None:
+        """Ping the actors that failed a call; one that answers takes work again."""
+        now = time.monotonic()
+        for actor, ping in list(self._down.items()):
+            if ping is None:
+                if now >= self._next_ping:
+                    self._down[actor] = self.actors[actor].where.remote()
+                continue
+            ready, _ = self.ray.wait([ping], timeout=0)
+            if not ready:
+                continue
+            try:
+                host, pid = self.ray.get(ping)
+            except self.ray.exceptions.RayError:
+                self._down[actor] = None
+                continue
+            del self._down[actor]
+            log.info("cluster: model actor %d is back on %s pid %d", actor, host, pid)
+        if now >= self._next_ping:
+            self._next_ping = now + PING_INTERVAL
+
     def poll(self, timeout: float) -> int:
         """Wait up to ``timeout`` s for calls to finish; run their callbacks; returns how many finished."""
+        self._check_down()
+        self._dispatch()
         if not self._running:
+            time.sleep(timeout if self._waiting else 0)
             return 0
         ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=timeout)
         ready += self.ray.wait([r for r in self._running if r not in ready], num_returns=len(self._running) - 1,
@@ -109,6 +139,7 @@ class WorkerPool:
                     raise StreamsegError(f"{call.label}: failed {call.attempts} times, last: {_first_line(err)}") \
                         from None
                 log.warning("%s: worker lost (%s); retrying elsewhere", call.label, _first_line(err))
+                self._down.setdefault(call.actor, None)
                 call.attempts += 1
                 self.retried += 1
                 self._waiting.insert(0, call)
