@@ -2,7 +2,7 @@
 turns Ray's at-least-once execution into every item done once.
 
 Each actor holds one model and asks Ray for ``[cluster] num_cpus`` / ``num_gpus`` (fractions allowed), so a mixed
-cluster places actors where they fit. Ray restarts an actor whose process died (``max_restarts=-1``), on another
+cluster places actors where they fit (``local:N``: N actors share this machine's CPUs). Ray restarts an actor whose process died (``max_restarts=-1``), on another
 node when its node is gone and another has room. The pool, not Ray, re-runs the calls a dead actor was on: it
 hands them at once to an actor that is up (Ray's own call retries would wait for that very actor, which may find
 no room for a long time after its node was lost), up to ``max_retries`` times per item, and pings the dead actor
@@ -50,10 +50,14 @@ class WorkerPool:
         self.ray = ray
         opts = config.cluster
         self.max_retries = opts.max_retries
-        self.count = actors or opts.actors or fitting_actors(ray, opts.num_cpus, opts.num_gpus)
+        from streamseg.cluster.connect import local_workers
         from streamseg.cluster.work import ChunkWorker
 
-        remote = ray.remote(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_restarts=-1,
+        workers = local_workers(opts.address or "")
+        self.count = actors or opts.actors or workers or fitting_actors(ray, opts.num_cpus, opts.num_gpus)
+        # local:N: the N actors share this machine's CPUs (Ray gives an actor as many model threads as CPUs)
+        num_cpus = ray.cluster_resources().get("CPU", 1) / self.count if workers else opts.num_cpus
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=opts.num_gpus, max_restarts=-1,
                             max_task_retries=0)(ChunkWorker)
         self.actors = [remote.remote(config, backend_factory) for _ in range(self.count)]
         # ready (models loaded) before work is handed out; where each runs, for whoever operates the cluster

@@ -1,7 +1,7 @@
 """Joining a Ray cluster, or starting a private one on this machine, for the length of a run.
 
 ``ADDRESS`` is what ``ray.init`` takes (``host:port``, ``ray://host:port``, ``auto``), or ``local[:N]``: a
-single-node cluster of N CPUs (default: this machine's) that lives as long as the run. A local cluster listens on
+single-node cluster with this machine's CPUs and N workers (default: one per CPU) that lives as long as the run. A local cluster listens on
 loopback only (Ray binds every interface by default; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps a single node on
 127.0.0.1, measured) and uses Ray's token auth with a fresh random token held in this process's environment, never
 written to the home folder. An existing cluster is joined with the caller's own Ray settings (``RAY_AUTH_TOKEN``
@@ -37,7 +37,7 @@ def import_ray():
     return ray
 
 
-def local_cpus(address: str) -> int | None:
+def local_workers(address: str) -> int | None:
     """N of ``local[:N]`` (this machine's CPU count for plain ``local``); None for a real cluster address."""
     match = _LOCAL.match(address.strip())
     if match is None:
@@ -51,8 +51,8 @@ def local_cpus(address: str) -> int | None:
 @contextmanager
 def connected(address: str, *, namespace: str = "streamseg") -> Iterator[object]:
     """Ray, initialised for this process on ``address`` (see the module docstring); shut down on exit."""
-    cpus = local_cpus(address)
-    if cpus:
+    workers = local_workers(address)
+    if workers:
         # Inherited by every Ray process this driver starts (GCS, raylet, workers). Ray reads the token once, when
         # first used: one token per driver process, kept for its later local clusters.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -60,10 +60,10 @@ def connected(address: str, *, namespace: str = "streamseg") -> Iterator[object]
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(24))
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = import_ray()
-    with tempfile.TemporaryDirectory(prefix="streamseg-ray-") if cpus else _nothing() as temp:
+    with tempfile.TemporaryDirectory(prefix="streamseg-ray-") if workers else _nothing() as temp:
         try:
-            if cpus:
-                ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, namespace=namespace,
+            if workers:
+                ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, _temp_dir=temp, namespace=namespace,
                          logging_level=logging.WARNING, log_to_driver=True)
             else:
                 ray.init(address=address, namespace=namespace, logging_level=logging.WARNING, log_to_driver=True)
