@@ -17,6 +17,11 @@ Outputs per stream ``<id>`` under ``output_dir``: ``<id>/annotated/*.mp4`` (the 
 ``stream_down`` / ``stream_failed``, schema ``streamseg.stream_events/1``), ``<id>/segments/*.mp4`` (rolling
 recording) and ``<id>/clips/*.mp4`` (event clips). Trackers keep no history here (tracks file and summary are off):
 memory stays flat for weeks.
+
+``LiveRunner(resume=True)`` continues a camera's earlier outputs instead of replacing them (a camera process that
+was restarted, :mod:`streamseg.cluster.cameras`): the JSONL and CSV files are appended to (a torn last line cut
+off first), and frame indices and stream time go on after the last written frame (:func:`resume_point`), so the
+files never hold a frame index twice. Track ids start again: the tracker's state was in the lost process.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.graph.exporter import LiveMetrics, MetricsServer, StreamSample
 from streamseg.models import Backend
 from streamseg.redact import redact
+from streamseg.sinks.base import appending, last_line
 from streamseg.sinks.recording import EventClipper, SegmentRecorder
 from streamseg.sources import LiveSource, Reconnect, StreamStatus, live_source_id
 from streamseg.stream import ModelRunner, StreamProcessor, error_line
@@ -95,10 +101,12 @@ class LiveRunner(ModelRunner):
     """
 
     def __init__(self, config: PipelineConfig, backend: Backend | None = None, *,
-                 on_result: Callable[[FrameResult, float], None] | None = None):
+                 on_result: Callable[[FrameResult, float], None] | None = None, resume: bool = False):
         super().__init__(config, backend)
         self.on_result = on_result
         """Called from the write stage with each result and its capture-to-result latency (benches, tests)."""
+        self.resume = resume
+        """Continue each stream's existing outputs (see the module docstring) instead of replacing them."""
         self.metrics_server: MetricsServer | None = None
         self._pipeline: Pipeline | None = None
         self._stopping = threading.Event()
@@ -124,15 +132,19 @@ class LiveRunner(ModelRunner):
         if pipeline is not None:
             pipeline.stop(drain=drain and not again)
 
-    def run(self, uris: Sequence[str], *, handle_signals: bool = False) -> LiveRun:
-        """Connect to every stream (concurrently), then process until stopped or every stream has ended."""
+    def run(self, uris: Sequence[str], *, handle_signals: bool = False,
+            source_ids: Sequence[str] | None = None) -> LiveRun:
+        """Connect to every stream (concurrently), then process until stopped or every stream has ended.
+        ``source_ids``: the streams' ids (default: :func:`~streamseg.sources.live_source_id` of each URL)."""
         cfg = self.config
         out_dir = Path(cfg.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self._stopping.clear()
         wakeup = threading.Event()
+        if source_ids is not None and len(source_ids) != len(uris):
+            raise ValueError("source_ids: one per URL")
         with ExitStack() as stack:
-            streams = self._open_streams(uris, wakeup, out_dir, stack)
+            streams = self._open_streams(uris, wakeup, out_dir, stack, source_ids)
             self._streams = streams
             run = LiveRun(streams)
             metrics = LiveMetrics(lambda: {sid: _sample(s.source) for sid, s in streams.items()},
@@ -174,7 +186,7 @@ class LiveRunner(ModelRunner):
     # -- set-up -----------------------------------------------------------------------------------------------------
 
     def _open_streams(self, uris: Sequence[str], wakeup: threading.Event, out_dir: Path,
-                      stack: ExitStack) -> dict[str, StreamRun]:
+                      stack: ExitStack, source_ids: Sequence[str] | None = None) -> dict[str, StreamRun]:
         live = self.config.live
         if self.config.source.stride != 1:
             raise ConfigError("source.stride: live streams keep the freshest frame; use source.target_fps "
@@ -182,8 +194,11 @@ class LiveRunner(ModelRunner):
         streams: dict[str, StreamRun] = {}
         sources: list[tuple[StreamRun, LiveSource]] = []
         self._used_ids.clear()  # ids name this run's outputs
-        for uri in uris:
-            sid = self.unique_id(live_source_id(uri))
+        for k, uri in enumerate(uris):
+            sid = self.unique_id(source_ids[k] if source_ids is not None else live_source_id(uri))
+            first_index, first_time = resume_point(out_dir, sid) if self.resume else (0, 0.0)
+            if first_index:
+                log.info("stream_resumed source=%s frame=%d time=%.3f", sid, first_index, first_time)
             holder: dict = {}
             taps = []
             if live.segment_minutes:
@@ -198,7 +213,8 @@ class LiveRunner(ModelRunner):
                 read_timeout=live.read_timeout, connect_attempts=live.connect_attempts,
                 reconnect=Reconnect(live.reconnect_initial, live.reconnect_max, max_attempts=live.max_attempts),
                 buffer=live.buffer, on_status=lambda status, h=holder: self._on_status(h["run"], status),
-                taps=taps, wakeup=wakeup, max_frames=self.config.source.max_frames,
+                taps=taps, wakeup=wakeup, max_frames=self.config.source.max_frames, first_index=first_index,
+                first_time=first_time,
             )
             stream = StreamRun(sid, source, clipper=clipper)
             holder["run"] = stream
@@ -277,8 +293,10 @@ class LiveRunner(ModelRunner):
 
     def _build_outputs(self, stream: StreamRun, width: int, height: int, out_dir: Path, stack: ExitStack) -> None:
         stream.size = (width, height)
-        stream.processor = stack.enter_context(StreamProcessor(
-            self.config, stream.source.info, self.backend.class_names, out_dir, live=True, source_id=stream.source_id))
+        with appending(self.resume):  # in this thread only: what StreamProcessor opens continues the files
+            processor = StreamProcessor(self.config, stream.source.info, self.backend.class_names, out_dir, live=True,
+                                        source_id=stream.source_id)
+        stream.processor = stack.enter_context(processor)
         stream.outputs.update(stream.processor.outputs)
 
     # -- stages -----------------------------------------------------------------------------------------------------
@@ -386,6 +404,35 @@ class LiveRunner(ModelRunner):
         if pipeline is None:
             return []
         return [(s.name, s.queue_depth, s.dropped) for s in pipeline.metrics()]
+
+
+def resume_point(out_dir: Path, source_id: str, now: float | None = None) -> tuple[int, float]:
+    """Where a restarted camera's outputs go on: the frame index after the last one written to its detections,
+    events or zone-count file, and a stream time after that frame's by the wall-clock time since the file was
+    last written (as across a reconnect). ``(0, 0.0)`` when none of them holds a frame."""
+    now = time.time() if now is None else now
+    last: tuple[int, float, float] | None = None  # frame, time, file's mtime
+    for name in (f"{source_id}.detections.jsonl", f"{source_id}.events.jsonl", f"{source_id}.zone_counts.csv"):
+        path = Path(out_dir) / name
+        try:
+            line = last_line(path)
+            if not line:
+                continue
+            if name.endswith(".csv"):
+                frame_text, time_text = line.split(",")[:2]
+                frame, seconds = int(frame_text), float(time_text)
+            else:
+                record = json.loads(line)
+                frame, seconds = int(record["frame"]), float(record["time"])
+            mtime = path.stat().st_mtime
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a header only, or not a file of ours: nothing to continue from
+        if last is None or frame > last[0]:
+            last = (frame, seconds, mtime)
+    if last is None:
+        return 0, 0.0
+    frame, seconds, mtime = last
+    return frame + 1, seconds + max(1e-3, now - mtime)
 
 
 def _sample(source: LiveSource) -> StreamSample:

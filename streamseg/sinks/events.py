@@ -75,12 +75,13 @@ def event_record(event: Event) -> dict:
 
 
 class EventsJsonlSink(Sink):
-    """Appends one ``streamseg.events/1`` record per event of each result to ``path`` (created or truncated)."""
+    """Appends one ``streamseg.events/1`` record per event of each result to ``path`` (created or truncated;
+    ``append``: continued, see :class:`~streamseg.sinks.base.LineFile`)."""
 
-    def __init__(self, path: str | os.PathLike, info: SourceInfo):
+    def __init__(self, path: str | os.PathLike, info: SourceInfo, *, append: bool | None = None):
         self.path = Path(path)
         self.info = info
-        self._file = LineFile(self.path)
+        self._file = LineFile(self.path, append)
         self.events_written = 0
 
     def write(self, result: FrameResult) -> None:

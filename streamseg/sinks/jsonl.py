@@ -54,14 +54,16 @@ SCHEMA = "streamseg.detections/1"
 
 
 class DetectionsJsonlSink(Sink):
-    """Appends one ``streamseg.detections/1`` record per frame to ``path`` (created or truncated here). ``files``
-    (image sources) names the file of each frame index, so that every record says which image it describes."""
+    """Appends one ``streamseg.detections/1`` record per frame to ``path`` (created or truncated here; ``append``:
+    continued, see :class:`~streamseg.sinks.base.LineFile`). ``files`` (image sources) names the file of each frame
+    index, so that every record says which image it describes."""
 
-    def __init__(self, path: str | os.PathLike, info: SourceInfo, *, files: Sequence[str] | None = None):
+    def __init__(self, path: str | os.PathLike, info: SourceInfo, *, files: Sequence[str] | None = None,
+                 append: bool | None = None):
         self.path = Path(path)
         self.info = info
         self.files = files
-        self._file = LineFile(self.path)
+        self._file = LineFile(self.path, append)
         self.frames_written = 0
 
     def write(self, result: FrameResult) -> None:

@@ -24,18 +24,21 @@ __all__ = ["ZoneCountsCsvSink"]
 
 class ZoneCountsCsvSink(Sink):
     """Writes ``FrameResult.occupancy`` of every frame. ``zones``: zone name -> the class names it counts (the
-    columns, in order)."""
+    columns, in order). ``append``: an existing file is continued (its header is kept; see
+    :class:`~streamseg.sinks.base.LineFile`)."""
 
-    def __init__(self, path: str | os.PathLike, info: SourceInfo, zones: Mapping[str, Sequence[str]]):
+    def __init__(self, path: str | os.PathLike, info: SourceInfo, zones: Mapping[str, Sequence[str]], *,
+                 append: bool | None = None):
         self.path = Path(path)
         self.info = info
         self.zones = {str(name): tuple(classes) for name, classes in zones.items()}
-        self._file = LineFile(self.path)
+        self._file = LineFile(self.path, append)
         self._csv = csv.writer(self._file, lineterminator="\n")
         header = ["frame", "time"]
         for name, classes in self.zones.items():
             header += [f"{name}:{c}" for c in classes] + [f"{name}:total"]
-        self._csv.writerow(header)
+        if self._file.start == 0:
+            self._csv.writerow(header)
         self.rows_written = 0
 
     def write(self, result: FrameResult) -> None:

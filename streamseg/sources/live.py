@@ -211,6 +211,9 @@ class LiveSource(Source):
     ``on_status(StreamStatus)`` is called from the reader thread for ``stream_down`` / ``stream_up``; ``taps``
     receive the compressed packets (recording). Iteration ends when the source is closed, ``max_frames`` were
     received, or the reconnect attempts ran out (then with a :class:`SourceError`).
+
+    ``first_index`` / ``first_time``: the first frame's ``index`` and ``time`` (default 0): a camera whose process
+    was restarted continues the numbering and the clock of its earlier outputs (:mod:`streamseg.cluster.cameras`).
     """
 
     def __init__(
@@ -230,6 +233,8 @@ class LiveSource(Source):
         stride: int = 1,
         max_frames: int | None = None,
         seed: int | None = None,
+        first_index: int = 0,
+        first_time: float = 0.0,
     ):
         self.uri = str(uri)
         self.secrets = secrets_of(self.uri)
@@ -244,6 +249,10 @@ class LiveSource(Source):
             raise ConfigError(f"connect_attempts: expected an integer >= 1, got {connect_attempts!r}")
         if not (isinstance(buffer, int) and buffer >= 1):
             raise ConfigError(f"buffer: expected an integer >= 1, got {buffer!r}")
+        if not (isinstance(first_index, int) and first_index >= 0) or not first_time >= 0:
+            raise ConfigError(f"first_index, first_time: expected values >= 0, got {first_index!r}, {first_time!r}")
+        self.first_index = first_index
+        self.first_time = float(first_time)
         self.transport = transport
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
@@ -336,7 +345,7 @@ class LiveSource(Source):
             decoded = self._buffer.take(timeout=None)
             if decoded is None:
                 break
-            if decoded.index % self.stride:
+            if (decoded.index - self.first_index) % self.stride:
                 continue
             yield decoded.frame()
             kept += 1
@@ -389,7 +398,7 @@ class LiveSource(Source):
         return container
 
     def _read_loop(self) -> None:
-        index, size, clock = 0, None, None
+        index, size, clock = self.first_index, None, None
         try:
             while not self._closing.is_set():
                 container = self._container
@@ -398,6 +407,8 @@ class LiveSource(Source):
                     self._tap(tap.session, stream)
                 if clock is None:
                     clock = StreamClock(stream.time_base, stream.average_rate or 25, max_jump=MAX_PTS_JUMP)
+                    if self.first_time:
+                        clock.restart(self.first_time)
                 reason = "end of stream"
                 try:
                     for packet in container.demux(stream):
@@ -422,7 +433,8 @@ class LiveSource(Source):
                             self._buffer.put(_Decoded(picture, self.source_id, index, seconds, pts,
                                                       stream.time_base, received))
                             index += 1
-                            if self.max_frames is not None and index >= self.max_frames * self.stride:
+                            if self.max_frames is not None and \
+                                    index - self.first_index >= self.max_frames * self.stride:
                                 return
                 except Exception as err:  # read error or timeout: the camera is down
                     reason = self._clean(err)
