@@ -6,8 +6,8 @@
    start + model load), which a long run amortises;
 2. scaling: 1 actor / 2 actors on this 2-core machine, with a model that sleeps 40 ms a frame instead of computing
    (so cores are not the limit)                                                                   target >= 1.8
-3. recovery: frames/s with one worker process killed every ``--kill-every`` seconds against none (2 actors,
-   sleeping model): the frames/s lost to restarts and retried items.
+3. recovery: the same run with one worker process killed mid-run against none (2 actors, sleeping model): the
+   seconds one kill costs (actor restart, its items re-run), and so the frames/s lost at one kill per minute.
 
 Each pair is warmed up once, then alternated A, B, A, B (``--rounds``); ratios are of the medians.
 
@@ -107,8 +107,9 @@ def overhead(clip: Path, out: Path, rounds: int, extra: list[str], label: str) -
     return row
 
 
-def cluster_run(clip: Path, out: Path, actors: int, model_seconds: float, kill_every: float | None = None):
-    """One in-process cluster run with the sleeping model; returns (wall s, set-up s, frames, kills)."""
+def cluster_run(clip: Path, out: Path, actors: int, model_seconds: float, kill_after: float | None = None):
+    """One in-process cluster run with the sleeping model; returns (wall s, set-up s, frames, kills). With
+    ``kill_after``, one model actor's process is killed that many seconds after the actors are up."""
     from streamseg.cluster.files import ClusterRunner
     from streamseg.config import build_config
 
@@ -117,13 +118,13 @@ def cluster_run(clip: Path, out: Path, actors: int, model_seconds: float, kill_e
     stop, kills = threading.Event(), []
 
     def killer():
-        while not stop.wait(kill_every):
-            workers = chunk_worker_pids()
-            if workers:
-                os.kill(workers[len(kills) % len(workers)], signal.SIGKILL)
-                kills.append(1)
+        while not stop.wait(0.05) and len(chunk_worker_pids()) < actors:
+            pass
+        if not stop.wait(kill_after) and (workers := chunk_worker_pids()):
+            os.kill(workers[0], signal.SIGKILL)
+            kills.append(workers[0])
 
-    if kill_every:
+    if kill_after:
         threading.Thread(target=killer, daemon=True).start()
     try:
         run = ClusterRunner(config, actors=actors, backend_factory=lambda: SleepingModel(model_seconds)).run([str(clip)])
@@ -165,15 +166,18 @@ def scaling(clip: Path, out: Path, rounds: int, model_seconds: float) -> dict:
     return row
 
 
-def recovery(clip: Path, out: Path, rounds: int, model_seconds: float, kill_every: float) -> dict:
+def recovery(clip: Path, out: Path, rounds: int, model_seconds: float, kill_after: float) -> dict:
     a, b = alternate(lambda: cluster_run(clip, out / "calm", 2, model_seconds),
-                     lambda: cluster_run(clip, out / "kills", 2, model_seconds, kill_every), rounds)
-    fps = lambda runs: statistics.median(r[2] / (r[0] - r[1]) for r in runs)  # noqa: E731
-    calm, killed = fps(a), fps(b)
-    kills = statistics.median(r[3] for r in b)
-    row = {"frames/s": calm, "frames/s with kills": killed, "kills per run": kills, "lost frames/s": calm - killed}
-    print(f"  2 actors: {calm:.1f} frames/s undisturbed, {killed:.1f} with a worker killed every {kill_every:.0f} s "
-          f"({kills:.0f} kills a run): {calm - killed:.1f} frames/s lost ({100 * (calm - killed) / calm:.1f} %)")
+                     lambda: cluster_run(clip, out / "kill", 2, model_seconds, kill_after), rounds)
+    work = lambda runs: statistics.median(r[0] - r[1] for r in runs)  # noqa: E731
+    calm, killed = work(a), work(b)
+    kills = min(r[3] for r in b)
+    frames = a[0][2]
+    cost = (killed - calm) / max(kills, 1)
+    row = {"frames/s": frames / calm, "seconds per kill": cost, "lost frames/s at 1 kill/min": frames / calm * cost / 60}
+    print(f"  2 actors: {frames / calm:.1f} frames/s undisturbed; a worker killed {kill_after:.0f} s in "
+          f"({kills} kill{'s' * (kills != 1)} a run) cost {cost:.1f} s: at one kill per minute "
+          f"{row['lost frames/s at 1 kill/min']:.1f} frames/s lost ({100 * cost / 60:.1f} %)")
     return row
 
 
@@ -184,7 +188,7 @@ def main() -> int:
     parser.add_argument("--demo-frames", type=int, default=300, help="frames of the clip through the demo model")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--model-ms", type=float, default=40.0, help="sleeping model's time per frame")
-    parser.add_argument("--kill-every", type=float, default=60.0, help="seconds between worker kills")
+    parser.add_argument("--kill-after", type=float, default=5.0, help="recovery: seconds into the work to kill")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as temp:
@@ -199,7 +203,7 @@ def main() -> int:
         print("2. scaling (1 actor / 2 actors)")
         scaling(clip, out / "scaling", args.rounds, args.model_ms / 1000)
         print("3. recovery")
-        recovery(clip, out / "recovery", args.rounds, args.model_ms / 1000, args.kill_every)
+        recovery(clip, out / "recovery", args.rounds, args.model_ms / 1000, args.kill_after)
     return 0
 
 

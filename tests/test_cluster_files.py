@@ -81,6 +81,29 @@ def local_run(scene_clip, tmp_path_factory) -> Path:
     return out / "out"
 
 
+def kill_session(session: int) -> None:
+    """SIGKILL every process of a session and wait until none is left: Ray puts each worker in a process group of
+    its own, so killing the driver's group would leave workers that still commit results."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session and fields[0] != "Z":
+                left += 1
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if not left:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes of session {session} outlived SIGKILL")
+
+
 def loopback(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
@@ -159,7 +182,7 @@ def test_worker_killed_mid_chunk_results_through_the_object_store(scene_clip, lo
         assert proc.wait(timeout=240) == 0, stderr
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_session(proc.pid)
     assert match, stderr
     assert_same_outputs(local_run, out)
 
@@ -175,7 +198,7 @@ def test_killed_driver_resumes_and_redoes_only_unfinished_items(scene_clip, loca
         while len(list(work.glob("detect-*.npz"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        kill_session(proc.pid)  # the driver and every Ray process it started
         proc.wait()
     kept = {p.name: p.stat().st_mtime_ns for p in work.glob("detect-*.npz")}
     assert 2 <= len(kept) < 6, kept

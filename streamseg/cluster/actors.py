@@ -26,7 +26,8 @@ MAX_AUTO_ACTORS = 64
 PING_INTERVAL = 1.0
 """Seconds between pings of an actor that is down (restarting, or waiting for room after its node was lost)."""
 IN_FLIGHT_PER_ACTOR = 2
-"""Calls queued on one actor: the next item is there when the current one ends (no round trip in between)."""
+"""Calls running on one actor at once: decoding and encoding overlap the model (a local run's threads do the same),
+and the next item is there when one ends (no round trip in between)."""
 
 
 @dataclass
@@ -57,8 +58,8 @@ class WorkerPool:
         self.count = actors or opts.actors or workers or fitting_actors(ray, opts.num_cpus, opts.num_gpus)
         # local:N: the N actors share this machine's CPUs (Ray gives an actor as many model threads as CPUs)
         num_cpus = ray.cluster_resources().get("CPU", 1) / self.count if workers else opts.num_cpus
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=opts.num_gpus, max_restarts=-1,
-                            max_task_retries=0)(ChunkWorker)
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=opts.num_gpus, max_restarts=-1, max_task_retries=0,
+                            max_concurrency=IN_FLIGHT_PER_ACTOR)(ChunkWorker)
         self.actors = [remote.remote(config, backend_factory) for _ in range(self.count)]
         # ready (models loaded) before work is handed out; where each runs, for whoever operates the cluster
         places = ray.get([actor.where.remote() for actor in self.actors])

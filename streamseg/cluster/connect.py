@@ -63,11 +63,17 @@ def connected(address: str, *, namespace: str = "streamseg") -> Iterator[object]
     with tempfile.TemporaryDirectory(prefix="streamseg-ray-") if workers else _nothing() as temp:
         try:
             if workers:
-                ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, _temp_dir=temp, namespace=namespace,
-                         logging_level=logging.WARNING, log_to_driver=True)
+                ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, _temp_dir=temp,
+                         namespace=namespace, logging_level=logging.WARNING, log_to_driver=True)
             else:
                 ray.init(address=address, namespace=namespace, logging_level=logging.WARNING, log_to_driver=True)
+        except ray.exceptions.AuthenticationError:
+            raise StreamsegError(f"--cluster {address}: the cluster wants an auth token: set RAY_AUTH_TOKEN (or "
+                                 "~/.ray/auth_token) to the cluster's") from None
         except ConnectionError as err:
+            if "InvalidAuthToken" in repr(err.__cause__) or "uthenticat" in str(err):
+                raise StreamsegError(f"--cluster {address}: the cluster refused this auth token (RAY_AUTH_TOKEN or "
+                                     "~/.ray/auth_token is not the cluster's)") from None
             raise StreamsegError(f"--cluster {address}: cannot connect ({_one_line(err)})") from None
         except (RuntimeError, ValueError) as err:
             raise StreamsegError(f"--cluster {address}: cannot start Ray ({_one_line(err)})") from None

@@ -336,9 +336,10 @@ class _Scheduler:
         item = source.items[source.next_encode]
         following = source.items[item.number + 1] if item.number + 1 < len(source.items) else None
         end = following.chunk.first_index if following is not None else None
-        if not (source.tracked or (end is not None and source.settled and source.settled[-1].frame.index >= end)):
-            return False
         mine = [r for r in source.settled if end is None or r.frame.index < end]
+        later = end is not None and source.settled and source.settled[-1].frame.index >= end
+        if not (source.tracked or later or len(mine) == item.frames):  # (all there: no need to wait for item k+1)
+            return False
         source.settled = source.settled[len(mine):]
         self._submit_encode(source, item, mine)
         source.next_encode += 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -125,6 +126,9 @@ class ChunkWorker:
 
         self.config = config
         self.backend = backend_factory() if backend_factory else build_backend(config.model, config.backend)
+        # Ray runs two calls of this actor at once (one decoding or encoding while the other uses the model: a
+        # local run overlaps them the same way, on threads); the model itself takes one call at a time.
+        self._model = _OneAtATime(self.backend)
 
     def detect(self, item: WorkItem, final: str, probe: str | None) -> Outcome:
         """Decode and detect ``item``; its results go to ``final`` (see the module docstring)."""
@@ -143,7 +147,7 @@ class ChunkWorker:
         if source is not None:
             with source:
                 nodes = [Node("decode", lambda _: iter(source)),
-                         Node("detect", detect_stage(self.backend, self.config.model.batch_size),
+                         Node("detect", detect_stage(self._model, self.config.model.batch_size),
                               self.config.graph.queue_size),
                          Node("collect", lambda items: (results.append(r) for r in items),
                               self.config.graph.queue_size)]
@@ -213,6 +217,18 @@ class ChunkWorker:
 
     def close(self) -> None:
         self.backend.close()
+
+
+class _OneAtATime:
+    """A backend's ``predict`` behind a lock: backends are not promised to be thread-safe."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self._lock = threading.Lock()
+
+    def predict(self, frames):
+        with self._lock:
+            return self.backend.predict(frames)
 
 
 def _node() -> str:
