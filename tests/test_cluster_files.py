@@ -262,3 +262,16 @@ def test_node_lost_mid_run_its_items_run_elsewhere(scene_clip, local_run, tmp_pa
         assert sockets and all(loopback(address) for _, address, _, _ in sockets), sockets
     assert "worker lost" in stderr, stderr
     assert_same_outputs(local_run, out)
+
+
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:1", "--cluster 127.0.0.1:1: cannot connect (Connection refused); is a Ray head node running there "
+                    "(ray start --head)?"),
+    ("cluster-one", "--cluster cluster-one: expected host:port, ray://host:port, auto or local[:N]"),
+])
+def test_unreachable_or_malformed_address_is_one_line_at_once(address, message, scene_clip, tmp_path):
+    started = time.monotonic()
+    done = run([str(scene_clip), "--cluster", address, "--backend", "none", "-o", str(tmp_path / "o")])
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"streamseg: error: {message}"]
+    assert time.monotonic() - started < 30

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
@@ -59,6 +60,8 @@ def connected(address: str, *, namespace: str = "streamseg") -> Iterator[object]
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(24))
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    else:
+        _check_reachable(address)
     ray = import_ray()
     with tempfile.TemporaryDirectory(prefix="streamseg-ray-") if workers else _nothing() as temp:
         try:
@@ -81,6 +84,22 @@ def connected(address: str, *, namespace: str = "streamseg") -> Iterator[object]
             yield ray
         finally:
             ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A one-line error at once for a ``host:port`` nothing answers on (``ray.init`` would wait for minutes)."""
+    match = re.match(r"^(?:ray://)?\[?([^\]/]+?)\]?:(\d+)$", address.strip())
+    if match is None:
+        if address.strip() != "auto":
+            raise ConfigError(f"--cluster {address}: expected host:port, ray://host:port, auto or local[:N]")
+        return
+    host, port = match.group(1), int(match.group(2))
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        reason = getattr(err, "strerror", None) or type(err).__name__
+        raise StreamsegError(f"--cluster {address}: cannot connect ({reason}); is a Ray head node running there "
+                             "(ray start --head)?") from None
 
 
 @contextmanager
