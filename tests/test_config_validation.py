@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from streamseg.cli import main
-from streamseg.config import (BACKEND_NAMES, GraphOptions, LiveOptions, PipelineConfig, SinkOptions, SourceOptions,
+from streamseg.config import (BACKEND_NAMES, ClusterOptions, GraphOptions, LiveOptions, PipelineConfig, SinkOptions, SourceOptions,
                               TrackerOptions, build_config)
 from streamseg.errors import ConfigError
 from streamseg.events.config import CollisionConfig, EventsConfig, LineConfig, ZoneConfig
@@ -29,7 +29,7 @@ RULES = {"zones": ZONE, "lines": LINE, "collision": COLLISION}
 
 # where each dataclass's fields are written in a pipeline file
 SECTIONS = {SourceOptions: "source.", ModelOptions: "model.", GraphOptions: "graph.", SinkOptions: "sinks.",
-            LiveOptions: "live.", TrackerOptions: "tracker.", TrackerConfig: "tracker.", EventsConfig: "events.",
+            LiveOptions: "live.", ClusterOptions: "cluster.", TrackerOptions: "tracker.", TrackerConfig: "tracker.", EventsConfig: "events.",
             ZoneConfig: "events.zones.", LineConfig: "events.lines.", CollisionConfig: "events.collision.",
             PipelineConfig: ""}
 NOT_KEYS = {"tracker.config"}  # TrackerOptions.config: the TrackerConfig whose fields are keys of [tracker]
@@ -108,6 +108,15 @@ ROWS = [
     Row("live.clips", 1, BOOL, True),
     Row("live.clip_pre", -1.0, "a number >= 0", 0.0),
     Row("live.clip_post", float("inf"), "a finite number >= 0", 0.0),
+    Row("cluster.address", "", TEXT, "local:2"),
+    Row("cluster.chunk_seconds", 0.0, POSITIVE, 0.001),
+    Row("cluster.chunk_images", 0, "an integer >= 1", 1),
+    Row("cluster.actors", 0, "an integer >= 1", 1),
+    Row("cluster.num_cpus", -1.0, "a number >= 0", 0.0),
+    Row("cluster.num_gpus", -0.5, "a number >= 0", 0.25),
+    Row("cluster.shared_output", "maybe", "one of auto, yes, no", "no"),
+    Row("cluster.max_cameras_per_node", 0, "an integer >= 1", 1),
+    Row("cluster.max_retries", -1, "an integer >= 0", 0),
     Row("tracker.enabled", "yes", BOOL, False),
     Row("tracker.high_threshold", "high", "a number", 0.1),
     Row("tracker.low_threshold", 0.9, "a number <= high_threshold (0.5)", 0.5),
@@ -181,7 +190,7 @@ def test_every_field_has_a_row():
     keys = {row.key for row in ROWS}
     sections = {f.name for f in dataclasses.fields(PipelineConfig) if f.default_factory is not dataclasses.MISSING
                 and dataclasses.is_dataclass(f.default_factory)}
-    assert sections == {"source", "model", "graph", "sinks", "tracker", "events", "live"}
+    assert sections == {"source", "model", "graph", "sinks", "tracker", "events", "live", "cluster"}
     missing = [prefix + f.name for cls, prefix in SECTIONS.items() for f in dataclasses.fields(cls)
                if not (cls is PipelineConfig and f.name in sections)]
     assert sorted(set(missing) - keys - NOT_KEYS) == []
