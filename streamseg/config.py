@@ -54,6 +54,11 @@ class SourceOptions:
         number("source.target_fps", self.target_fps, above=0, optional=True)
         integer("source.max_frames", self.max_frames, 1, optional=True)
 
+    def source_kwargs(self) -> dict:
+        """Keyword arguments of a file or image-folder source (``open_source``) for these options."""
+        kwargs = {"stride": self.stride, "max_frames": self.max_frames}
+        return kwargs | ({"target_fps": self.target_fps} if self.target_fps is not None else {})
+
 
 @dataclass(frozen=True)
 class GraphOptions:

@@ -170,7 +170,7 @@ class LiveRunner(ModelRunner):
             ])
             self.ready.set()
             try:
-                with _signals_call(self.stop, handle_signals):
+                with signals_call(self.stop, handle_signals):
                     run.report = self._pipeline.run()
             finally:
                 with self._stop_lock, self._late_lock:
@@ -441,7 +441,7 @@ def _sample(source: LiveSource) -> StreamSample:
 
 
 @contextmanager
-def _signals_call(stop: Callable[[], None], enabled: bool) -> Iterator[None]:
+def signals_call(stop: Callable[[], None], enabled: bool) -> Iterator[None]:
     """SIGINT/SIGTERM call ``stop`` (first drains, second aborts) while the run lasts; main thread only."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield

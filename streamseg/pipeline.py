@@ -99,7 +99,7 @@ class Runner(ModelRunner):
         except OSError as err:  # a file in the way, no permission: one line, not a traceback
             raise output_error(out_dir, err, action="create the output folder") from err
         with ExitStack() as stack:
-            kwargs = _source_kwargs(cfg) | ({"source_id": source_id} if source_id else {})
+            kwargs = cfg.source.source_kwargs() | ({"source_id": source_id} if source_id else {})
             source = stack.enter_context(open_source(uri, **kwargs))
             info = source.info
             run = SourceRun(self.unique_id(info.source_id), info)
@@ -112,7 +112,7 @@ class Runner(ModelRunner):
             if not run.outputs and stream.engine is None:  # (event rules still log their events)
                 raise ConfigError(f"{run.source_id}: nothing to write: every output for this source is switched off "
                                   f"([sinks], --no-video, --no-detections)")
-            _remove_stale(run, earlier)
+            remove_stale(run.source_id, run.outputs, earlier)
             bar = stack.enter_context(_progress_bar(info, enabled=self.progress))
             graph = cfg.graph
             if graph.policy != "block":
@@ -149,26 +149,20 @@ OUTPUT_SUFFIXES = (".mp4", ".detections.jsonl", ".coco.json", ".coco.categories.
 """What :meth:`Runner.process` may write per source, after the source id."""
 
 
-def _remove_stale(run: SourceRun, earlier: list[Path]) -> None:
+def remove_stale(source_id: str, outputs: dict[str, Path], earlier: list[Path]) -> None:
     """An earlier run's outputs of this source that this run does not write are removed (a tracks file next to a
     new video would describe another run); one line says what was replaced and what was removed."""
-    written = set(run.outputs.values())
+    written = set(outputs.values())
     stale = [path for path in earlier if path not in written]
     for path in stale:
         path.unlink(missing_ok=True)
     if earlier:
         replaced = [path.name for path in earlier if path in written]
         log.info("%s: outputs of an earlier run in %s: replaced %s; removed %s (not written by this run)",
-                 run.source_id, earlier[0].parent, ", ".join(replaced) or "none",
+                 source_id, earlier[0].parent, ", ".join(replaced) or "none",
                  ", ".join(path.name for path in stale) or "none")
 
 
-def _source_kwargs(cfg: PipelineConfig) -> dict:
-    opts = cfg.source
-    kwargs = {"stride": opts.stride, "max_frames": opts.max_frames}
-    if opts.target_fps is not None:
-        kwargs["target_fps"] = opts.target_fps
-    return kwargs
 
 
 def _progress_bar(info: SourceInfo, enabled: bool) -> tqdm:

@@ -54,7 +54,6 @@ import logging
 import os
 import random
 import secrets
-import signal
 import sys
 import threading
 import time
@@ -63,7 +62,7 @@ from collections import deque
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from streamseg.config import PipelineConfig
 from streamseg.errors import ConfigError, SourceError, StreamsegError
@@ -364,10 +363,12 @@ class CameraSupervisor:
         self._stopping.set()
 
     def run(self, *, handle_signals: bool = False) -> CameraRun:
+        from streamseg.live import signals_call
+
         cfg = self.config
         run = CameraRun(self.cameras)
         # the signal handlers stay while the cameras finalize: a second Ctrl-C there stops waiting for them
-        with _signals_call(self.stop, handle_signals), ExitStack() as stack:
+        with signals_call(self.stop, handle_signals), ExitStack() as stack:
             if cfg.cluster.shared_output != "yes":
                 probe = Path(cfg.output_dir) / f".streamseg-probe-{self.run_id}"
                 try:
@@ -649,22 +650,6 @@ def _short(node: str | None) -> str:
 def _first_line(err: BaseException) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
     return (lines[-1] if lines else type(err).__name__)[:300]
-
-
-@contextmanager
-def _signals_call(stop: Callable[[], None], enabled: bool) -> Iterator[None]:
-    """SIGINT/SIGTERM call ``stop`` while the run lasts (main thread only)."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda signum, frame: stop())
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 # -- the command -----------------------------------------------------------------------------------------------------

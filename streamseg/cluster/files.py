@@ -42,7 +42,7 @@ from streamseg.cluster.work import Outcome, WorkItem, commit
 from streamseg.config import PipelineConfig
 from streamseg.errors import ConfigError, StreamsegError, output_error
 from streamseg.models.backend import Backend
-from streamseg.pipeline import OUTPUT_SUFFIXES, _remove_stale, _source_kwargs
+from streamseg.pipeline import OUTPUT_SUFFIXES, remove_stale
 from streamseg.sources import open_source
 from streamseg.stream import StreamProcessor, warn_unknown_event_classes
 from streamseg.types import FrameResult, SourceInfo
@@ -176,7 +176,7 @@ class ClusterRunner:
         cfg, used = self.config, set()
         sources = []
         for number, uri in enumerate(uris):
-            with open_source(uri, **_source_kwargs(cfg)) as source:
+            with open_source(uri, **cfg.source.source_kwargs()) as source:
                 info = source.info
                 names = list(source.names) if info.is_image_sequence else None
                 total = len(source.paths) if info.is_image_sequence else None
@@ -382,7 +382,7 @@ class _Scheduler:
                 outputs[kind] = self.out_dir / path.name
                 os.replace(path, outputs[kind])
         source.outputs = outputs
-        _remove_stale(_Named(sid, outputs), earlier)
+        remove_stale(sid, outputs, earlier)
         self.runner.time("join", time.perf_counter() - started, 1)
         self.work.mark_done(sid)
         source.done = True
@@ -392,12 +392,6 @@ class _Scheduler:
             if source.stream is not None:
                 source.stream.close()
                 source.stream = None
-
-
-@dataclass
-class _Named:
-    source_id: str
-    outputs: dict[str, Path]
 
 
 def _notes(detections: Path) -> Path:

@@ -98,17 +98,9 @@ def commit(data_or_path: bytes | Path, final: Path) -> None:
         temp.unlink(missing_ok=True)
 
 
-def _source_options(config: PipelineConfig) -> dict:
-    opts = config.source
-    options = {"stride": opts.stride, "max_frames": opts.max_frames}
-    if opts.target_fps is not None:
-        options["target_fps"] = opts.target_fps
-    return options
-
-
 def open_item(config: PipelineConfig, item: WorkItem) -> Source:
     """The source (not yet open) that yields exactly the item's frames, as the whole source would."""
-    options = _source_options(config)
+    options = config.source.source_kwargs()
     if item.image_range is not None:
         return ImageFolderSource(item.uri, source_id=item.source_id, stride=options["stride"],
                                  max_frames=options["max_frames"], index_range=item.image_range)

@@ -117,19 +117,9 @@ def complete_length(path: str | os.PathLike, size: int | None = None) -> int:
     without any complete line)."""
     try:
         with open(path, "rb") as file:
-            end = file.seek(0, os.SEEK_END) if size is None else size
-            pos = end
-            while pos > 0:
-                step = min(65536, pos)
-                file.seek(pos - step)
-                block = file.read(step)
-                newline = block.rfind(b"\n")
-                if newline >= 0:
-                    return pos - step + newline + 1
-                pos -= step
+            return _after_newline(file, file.seek(0, os.SEEK_END) if size is None else size)
     except FileNotFoundError:
-        pass
-    return 0
+        return 0
 
 
 def last_line(path: str | os.PathLike) -> str | None:
@@ -138,17 +128,19 @@ def last_line(path: str | os.PathLike) -> str | None:
     if end == 0:
         return None
     with open(path, "rb") as file:
-        pos = end - 1  # the last newline
-        while pos > 0:
-            step = min(65536, pos)
-            file.seek(pos - step)
-            block = file.read(step)
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                start = pos - step + newline + 1
-                break
-            pos -= step
-        else:
-            start = 0
+        start = _after_newline(file, end - 1)  # the line before the last newline
         file.seek(start)
         return file.read(end - 1 - start).decode("utf-8", errors="replace")
+
+
+def _after_newline(file, end: int) -> int:
+    """The position just after the last newline in ``file`` before ``end`` (0: none), read backwards in blocks."""
+    pos = end
+    while pos > 0:
+        step = min(65536, pos)
+        file.seek(pos - step)
+        newline = file.read(step).rfind(b"\n")
+        if newline >= 0:
+            return pos - step + newline + 1
+        pos -= step
+    return 0
