@@ -1,4 +1,5 @@
-"""Command line: ``streamseg run``, ``info``, ``demo``, ``eval`` and ``track``, thin over the stage packages.
+"""Command line: ``streamseg run``, ``info``, ``demo``, ``eval``, ``track`` and ``events query``, thin over the
+stage packages.
 
 Exit codes: 0 success, 1 a user-facing error (one line on stderr), 2 bad command-line usage, 130 interrupted
 (outputs written so far are finalized first).
@@ -177,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
             options.add_argument(flag, action="store_true", default=None, help=text)
         else:
             options.add_argument(flag, type=kind, help=text)
+
+    events = commands.add_parser("events", help="the event store (sinks.event_store): query stored events")
+    events_commands = events.add_subparsers(dest="events_command", required=True)
+    query = events_commands.add_parser("query", help="print the stored events that match, oldest first")
+    query.add_argument("--db", required=True, help="the event store (default of a run: <output_dir>/events.db)")
+    query.add_argument("--camera", action="append", default=[], help="source id (repeat for several)")
+    query.add_argument("--kind", action="append", default=[], help="enter, exit, dwell, cross, forward_collision")
+    query.add_argument("--since", help="from this time on (ISO-8601, UTC unless it has an offset; or Unix seconds)")
+    query.add_argument("--until", help="before this time (same forms as --since)")
+    query.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                       help="jsonl: the streamseg.events/1 records (default); csv: a header and one row per event")
 
     export = commands.add_parser("export", help="export the model for other runtimes (TensorRT engines, ...)")
     export_commands = export.add_subparsers(dest="export_command", required=True)
@@ -408,6 +420,17 @@ def cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    from streamseg.sinks.event_store import parse_time, query_events, write_events
+
+    since = parse_time(args.since, "--since") if args.since is not None else None
+    until = parse_time(args.until, "--until") if args.until is not None else None
+    records = query_events(args.db, cameras=args.camera, kinds=args.kind, since=since, until=until)
+    write_events(records, sys.stdout, args.format)
+    sys.stdout.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     verbose = False
     try:  # from the first instruction: a Ctrl-C while torch is still importing is one line too
@@ -422,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
 
             use_json_logs()
         command = {"run": cmd_run, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo, "track": cmd_track,
-                   "export": lambda a: a.handler(a)}[args.command]
+                   "events": cmd_events, "export": lambda a: a.handler(a)}[args.command]
         return command(args)
     except StreamsegError as err:
         if verbose:

@@ -7,7 +7,8 @@ A file has top-level ``sources`` and ``output_dir`` plus one table per stage kin
     [source]   stride, target_fps, max_frames
     [model]    backend and every field of ModelOptions
     [graph]    queue_size, policy
-    [sinks]    video, detections, coco, coco_annotations, codec, preset, crf, tracks, events, zone_counts, summary
+    [sinks]    video, detections, coco, coco_annotations, codec, preset, crf, tracks, events, zone_counts, summary,
+               event_store, event_store_path, event_retention_days
     [tracker]  enabled (true when the table is present) and every field of streamseg.tracking.TrackerConfig
     [events]   units, [[events.zones]], [[events.lines]], [events.collision]  (streamseg.events.config)
     [live]     live streams (rtsp://, http(s)://, v4l2://): transport, timeouts, reconnect, metrics, recording
@@ -96,10 +97,19 @@ class SinkOptions:
     """With zones: occupancy per zone and class, one CSV row per processed frame."""
     summary: bool = True
     """With the tracker: PNG summary at the end (counts per class over time, dwell histogram)."""
+    event_store: bool = True
+    """With events: every event also in an SQLite event store shared by the run's streams
+    (:mod:`streamseg.sinks.event_store`; ``streamseg events query``)."""
+    event_store_path: str | None = None
+    """The event store's file (default ``<output_dir>/events.db``)."""
+    event_retention_days: float | None = 30.0
+    """Events older than this many days are deleted from the store (None: kept for ever)."""
 
     def __post_init__(self):
         booleans(self, "sinks")
         text("sinks.coco_annotations", self.coco_annotations, optional=True)
+        text("sinks.event_store_path", self.event_store_path, optional=True)
+        number("sinks.event_retention_days", self.event_retention_days, above=0, optional=True)
         # the encoder's own checks (PyAV, imported here rather than with this module); opened only when it is used
         from streamseg.sinks.video import check_encoder, check_encoder_options
 
@@ -255,6 +265,8 @@ def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     sinks = raw.get("sinks")
     if isinstance(sinks, dict) and isinstance(sinks.get("coco_annotations"), str):
         sinks["coco_annotations"] = str(base / sinks["coco_annotations"])  # data, like sources: next to the file
+    if isinstance(sinks, dict) and isinstance(sinks.get("event_store_path"), str):
+        sinks["event_store_path"] = str(base / sinks["event_store_path"])  # an output, like output_dir
     return build_config(raw, overrides, origin=str(path))
 
 

@@ -41,6 +41,10 @@ from streamseg.events import CollisionRule, EventEngine, describe_event
 from streamseg.sinks import (Annotator, CocoResultsSink, DetectionsJsonlSink, EventsJsonlSink, Overlay, SummarySink,
                              VideoSink, ZoneCountsCsvSink)
 from streamseg.sinks.recording import RollingVideoSink
+from streamseg.sinks.event_store import EventStoreSink
+from streamseg.sinks.event_store import acquire as acquire_event_store
+from streamseg.sinks.event_store import release as release_event_store
+from streamseg.sinks.event_store import store_path as event_store_path
 from streamseg.tracking import MotRows, Tracker, write_mot
 from streamseg.types import FrameResult, SourceInfo
 
@@ -120,6 +124,11 @@ class StreamProcessor:
         if self.engine is not None and sinks.events:
             path = out_dir / f"{sid}.events.jsonl"
             self._add("events", path, EventsJsonlSink(path, info))
+        store = event_store_path(cfg)
+        if self.engine is not None and store is not None:  # one file for the run's streams; not in outputs (shared)
+            shared = EventStoreSink(store, sid, retention_days=sinks.event_retention_days, replace=not self.live)
+            self._stack.callback(lambda: shared in self._sinks and self._close_sink(shared))
+            self._sinks.append(shared)
         if self.engine is not None and self.engine.zones and sinks.zone_counts:
             path = out_dir / f"{sid}.zone_counts.csv"
             columns = {z.name: z.config.classes or self.vocabulary for z in self.engine.zones}
@@ -293,6 +302,9 @@ class ModelRunner:
         log.info("model: %s backend, weights %s", self.backend.name, getattr(self.backend, "origin", "?"))
         warn_unknown_event_classes(config, self.backend.class_names)
         self._used_ids: set[str] = set()
+        self._event_store = event_store_path(config)
+        if self._event_store is not None:  # the run's streams share one event store, open until the runner closes
+            acquire_event_store(self._event_store, open_now=False)
 
     def unique_id(self, name: str) -> str:
         """``name``, or ``name-2``, ``name-3``...: two streams of a run with the same name must not write to the
@@ -305,7 +317,12 @@ class ModelRunner:
         return candidate
 
     def close(self) -> None:
-        self.backend.close()
+        try:
+            self.backend.close()
+        finally:
+            if self._event_store is not None:
+                store, self._event_store = self._event_store, None
+                release_event_store(store)  # the last holder: every queued event is written
 
     def __enter__(self):
         return self
