@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="--scene-events: the scenes' ground-truth boxes instead of a model (no identities)")
     evaluate.add_argument("--min-frames", type=int, default=1,
                           help="--scene-events: frames a zone/line change must hold (default 1)")
+    evaluate.add_argument("--detect-interval", type=int, default=1, metavar="N",
+                          help="--scene-events: the model runs on every N-th frame, the tracker predicts the others "
+                          "(model.detect_interval; default 1)")
     evaluate.add_argument("--weights")
     evaluate.add_argument("--arch", help="auto (default: the checkpoint's own; without --weights the demo model), "
                           "demo, v1, v2")
@@ -358,7 +361,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from streamseg.models import ModelOptions, build_backend
 
     events = args.scene_events is not None
-    for name in ("scenes", "scene_events", "frames_per_scene", "min_frames"):
+    for name in ("scenes", "scene_events", "frames_per_scene", "min_frames", "detect_interval"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise StreamsegError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -366,7 +369,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise StreamsegError("--oracle goes with --scene-events")
     if events and args.oracle:
         report = evaluate_scene_events(ground_truth_detector(), args.scene_events, args.seed,
-                                       args.frames_per_scene or 300, min_frames=args.min_frames)
+                                       args.frames_per_scene or 300, min_frames=args.min_frames,
+                                       detect_interval=args.detect_interval)
         print(report.table())
         return 0
     threshold = args.score_threshold if args.score_threshold is not None else (0.1 if events else 0.05)
@@ -381,7 +385,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             report = evaluate_coco(backend, args.coco, args.images, args.limit)
         elif events:
             report = evaluate_scene_events(backend, args.scene_events, args.seed, args.frames_per_scene or 300,
-                                           min_frames=args.min_frames)
+                                           min_frames=args.min_frames, detect_interval=args.detect_interval)
         else:
             report = evaluate_scenes(backend, args.scenes, args.seed, args.frames_per_scene or 20)
     finally:

@@ -239,6 +239,10 @@ class PipelineConfig:
         choice("backend", self.backend, BACKEND_NAMES)
         if self.events.enabled and not self.tracker.enabled:
             raise ConfigError("[events] needs tracks: add a [tracker] table (enabled = true) or pass --track")
+        if self.model.detect_interval > 1 and not self.tracker.enabled:
+            raise ConfigError(f"model.detect_interval = {self.model.detect_interval} needs [tracker]: the frames "
+                              "between model runs are filled by its predictions (add a [tracker] table or pass "
+                              "--track)")
 
 
 SECTIONS = {"source": SourceOptions, "model": ModelOptions, "graph": GraphOptions, "sinks": SinkOptions,

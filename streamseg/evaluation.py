@@ -178,12 +178,27 @@ class SceneEventsReport:
     events: dict[str, "EventScores"]
     """Per kind (``enter``, ``exit``, ``cross``) and ``all``, summed over the scenes."""
     detector: str = ""
+    detect_interval: int = 1
+    """The model ran on every N-th frame; the tracker predicted the others (``model.detect_interval``)."""
+    model_seconds: float = 0.0
+    """Seconds spent in the detector."""
+    seconds: float = 0.0
+    """Seconds spent in the detector, the tracker and the rules (scene rendering and scoring not counted)."""
+    model_frames: int = 0
+    """Frames the detector ran on."""
+    mask_ap: float | None = None
+    """COCO mask AP of every output frame's detections (predicted ones with their moved masks) against the scenes'
+    ground-truth masks; None for a detector without masks (the oracle)."""
 
     def table(self) -> str:
         m = self.mot
-        lines = [f"{self.scenes} scenes, {self.frames} frames, detector: {self.detector}",
+        fps = self.frames / self.seconds if self.seconds > 0 else float("inf")
+        mask_ap = "n/a (no masks)" if self.mask_ap is None else f"{self.mask_ap:.4f}"
+        lines = [f"{self.scenes} scenes, {self.frames} frames, detector: {self.detector}; detect_interval "
+                 f"{self.detect_interval}: model on {self.model_frames} frames, {self.model_seconds:.1f} s in it, "
+                 f"{fps:.1f} frames/s (model + tracker + rules)",
                  f"tracking  MOTA {m.mota:.4f}  IDF1 {m.idf1:.4f}  MOTP {m.motp:.4f}  IDsw {m.num_switches}  "
-                 f"FP {m.num_false_positives}  FN {m.num_misses}  gt boxes {m.num_objects}",
+                 f"FP {m.num_false_positives}  FN {m.num_misses}  gt boxes {m.num_objects}  mask AP {mask_ap}",
                  f"{'events':10s}{'precision':>10s}{'recall':>10s}{'matched':>9s}{'predicted':>11s}{'truth':>7s}"]
         for kind in (*EVENT_KINDS, "all"):
             s = self.events.get(kind)
@@ -229,15 +244,20 @@ def backend_detector(backend: Backend) -> SceneDetector:
 
 def evaluate_scene_events(detector: Backend | SceneDetector, scenes: int = 1, first_seed: int = 0,
                           frames: int = 300, *, config=None, tracker=None, min_frames: int = 1,
-                          occlusion_hold: float = 1.0, tolerance: float = 0.5) -> SceneEventsReport:
+                          occlusion_hold: float = 1.0, tolerance: float = 0.5,
+                          detect_interval: int = 1) -> SceneEventsReport:
     """Track and detect events on ``scenes`` generated scenes (seeds from ``first_seed``, ``frames`` frames each)
     and score them against the ground truth (see the comment above). ``detector``: a backend (sees the pixels) or a
     :data:`SceneDetector` such as :func:`ground_truth_detector`; ``config``: a ``SceneConfig`` (its zone and line
     are the rules'); ``tracker``: a ``TrackerConfig`` (default :data:`SCENE_TRACKER`); ``min_frames``: the rules' (see
-    :mod:`streamseg.events.rules`); ``occlusion_hold``: seconds, 0 for off (:mod:`streamseg.events.occlusion`)."""
+    :mod:`streamseg.events.rules`); ``occlusion_hold``: seconds, 0 for off (:mod:`streamseg.events.occlusion`);
+    ``detect_interval``: the detector runs on every N-th frame only, the tracker predicts the others, as
+    ``model.detect_interval`` does in a pipeline."""
+    import time as clock
     from dataclasses import replace
 
     from streamseg.config import PipelineConfig, TrackerOptions
+    from streamseg.models import ModelOptions
     from streamseg.events import EventsConfig, LineConfig, TimedEvent, ZoneConfig, match_events
     from streamseg.scenes import Scene, SceneConfig, zone_line_events
     from streamseg.stream import StreamProcessor
@@ -248,6 +268,9 @@ def evaluate_scene_events(detector: Backend | SceneDetector, scenes: int = 1, fi
     config = config or SceneConfig()
     tracker = tracker if tracker is not None else TrackerConfig(**SCENE_TRACKER)
     mot_scores, event_scores, total_frames = [], {}, 0
+    model_seconds = seconds = 0.0
+    model_frames = 0
+    mask_truth, mask_results, with_masks = [], [], True
     for seed in range(first_seed, first_seed + scenes):
         scene = Scene(replace(config, seed=seed, frames=frames))
         cfg = scene.config
@@ -255,30 +278,59 @@ def evaluate_scene_events(detector: Backend | SceneDetector, scenes: int = 1, fi
                              lines=(LineConfig("line", cfg.line, min_frames=min_frames),),
                              occlusion_hold=occlusion_hold)
         # the same per-stream processing as a pipeline's (tracker lookahead, rules on confirmed tracks), no outputs
-        pipeline = PipelineConfig(tracker=TrackerOptions(True, tracker), events=rules)
+        pipeline = PipelineConfig(tracker=TrackerOptions(True, tracker), events=rules,
+                                  model=ModelOptions(detect_interval=detect_interval))
         info = SourceInfo(f"scene{seed}", f"scene:{seed}", cfg.width, cfg.height, fps=None, time_base=None,
                           frame_count=len(scene), duration=None)
         stream = StreamProcessor(pipeline, info, scene.class_names, None, log_events=False)
         gt_rows, samples, predicted = [], [], []
+        first_image = len(mask_truth) + 1  # COCO image id of this scene's frame 0
+        by_name = {name: i for i, name in enumerate(scene.class_names) if i > 0}  # scene_frames_to_coco's ids
+        blank = np.broadcast_to(np.zeros(1, np.uint8), (cfg.height, cfg.width, 3))  # only its shape is read
+
+        def outputs(ready_results):
+            nonlocal with_masks
+            for ready in ready_results:
+                predicted.extend(ready.events)
+                with_masks = with_masks and ready.detections.masks is not None
+                if with_masks:
+                    names = ready.detections.class_names
+                    labels = {i: by_name[n] for i, n in enumerate(names) if n in by_name}
+                    mask_results.extend(coco_results(ready.detections, first_image + ready.frame.index, labels))
+
         for scene_frame in scene:
             index, time = scene_frame.index, scene_frame.time
-            gt_rows.append(MotRows.from_detections(index, scene.ground_truth_detections(scene_frame)))
+            truth = scene.ground_truth_detections(scene_frame)
+            gt_rows.append(MotRows.from_detections(index, truth))
+            mask_truth.append((blank, truth.masks, truth.labels))
             samples.append((index, time, [_Anchored(i) for i in scene_frame.instances]))
             frame = Frame(scene_frame.image, info.source_id, index, time)
-            for ready in stream.analyze(FrameResult(frame, detector(scene, scene_frame))):
-                predicted += ready.events
-        for ready in stream.finish():
-            predicted += ready.events
+            started = clock.perf_counter()
+            if index % detect_interval == 0:
+                result = FrameResult(frame, detector(scene, scene_frame))
+                model_seconds += clock.perf_counter() - started
+                model_frames += 1
+            else:  # the frame never reaches the detector: the tracker fills it in
+                result = FrameResult(frame, Detections.empty(scene.class_names), predicted=True)
+            ready = stream.analyze(result)
+            seconds += clock.perf_counter() - started
+            outputs(ready)
+        outputs(stream.finish())
         total_frames += len(scene)
         history = stream.tracker.history(max_gap=None)
         hypotheses = MotRows.concatenate(MotRows.from_detections(i, d) for i, d in history)
         mot_scores.append(evaluate_mot(MotRows.concatenate(gt_rows), hypotheses))
         truth = [TimedEvent(e["event"], e["target"], e.get("direction"), e["time"])
                  for e in zone_line_events(samples, cfg.zone, cfg.line, scene.class_names)]
-        for kind, score in match_events(predicted, truth, tolerance).items():
-            event_scores[kind] = event_scores[kind] + score if kind in event_scores else score
+        for kind, found in match_events(predicted, truth, tolerance).items():
+            event_scores[kind] = event_scores[kind] + found if kind in event_scores else found
+    mask_ap = None
+    if with_masks and mask_truth:
+        gt, _ = scene_frames_to_coco(mask_truth, scene.class_names)
+        mask_ap = score(gt, mask_results).segm["AP"]
     return SceneEventsReport(scenes, total_frames, summarize(mot_scores), event_scores,
-                             getattr(detector, "__name__", "?"))
+                             getattr(detector, "__name__", "?"), detect_interval, model_seconds, seconds, model_frames,
+                             mask_ap)
 
 
 class _Anchored:

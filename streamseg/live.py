@@ -44,6 +44,7 @@ from streamseg.errors import ConfigError, SourceError, StreamsegError
 from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.graph.exporter import LiveMetrics, MetricsServer, StreamSample
 from streamseg.models import Backend
+from streamseg.pipeline import detect_every
 from streamseg.redact import redact
 from streamseg.sinks.base import appending, last_line
 from streamseg.sinks.recording import EventClipper, SegmentRecorder
@@ -306,12 +307,15 @@ class LiveRunner(ModelRunner):
         target_fps = self.config.source.target_fps
         period = 1.0 / target_fps if target_fps else 0.0
         due = {id(stream): 0.0 for stream in streams}  # wall clock before which a stream is not processed again
+        interval = self.config.model.detect_interval
+        counts = {id(stream): 0 for stream in streams}  # frames processed per stream: the model sees every interval-th
 
         def detect(_) -> Iterator[FrameResult]:
             start = 0
             while not stopping.is_set():
                 wakeup.clear()
                 batch: list[Frame] = []
+                streams_of: list[StreamRun] = []
                 now = time.time()
                 for k in range(len(streams)):  # round robin: every camera gets its turn
                     stream = streams[(start + k) % len(streams)]
@@ -321,6 +325,7 @@ class LiveRunner(ModelRunner):
                     if frame is not None:
                         due[id(stream)] = now + period * 0.95 if period else 0.0
                         batch.append(frame)
+                        streams_of.append(stream)
                         if len(batch) >= batch_size:
                             start = (start + k + 1) % len(streams)
                             break
@@ -331,8 +336,15 @@ class LiveRunner(ModelRunner):
                         return
                     wakeup.wait(0.05)
                     continue
-                for frame, detections in zip(batch, backend.predict(batch)):
-                    yield FrameResult(frame, detections)
+                if interval == 1:
+                    for frame, detections in zip(batch, backend.predict(batch)):
+                        yield FrameResult(frame, detections)
+                    continue
+                run_model = []
+                for frame, stream in zip(batch, streams_of):
+                    run_model.append(counts[id(stream)] % interval == 0)
+                    counts[id(stream)] += 1
+                yield from detect_every(backend, batch, run_model)
 
         return detect
 

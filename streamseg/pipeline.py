@@ -34,7 +34,7 @@ from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.models import Backend
 from streamseg.sources import open_source
 from streamseg.stream import ModelRunner, StreamProcessor
-from streamseg.types import Frame, FrameResult, SourceInfo
+from streamseg.types import Detections, Frame, FrameResult, SourceInfo
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +64,30 @@ class SourceRun:
         return bool(self.report and self.report.interrupted) and not self.stopped_by_errors
 
 
-def detect_stage(backend: Backend, batch_size: int) -> Callable[[Iterable[Frame]], Iterator[FrameResult]]:
-    """Frames in, results out; batches frames that are already waiting, never waits to fill a batch."""
+def detect_stage(backend: Backend, batch_size: int, interval: int = 1) \
+        -> Callable[[Iterable[Frame]], Iterator[FrameResult]]:
+    """Frames in, results out; batches frames that are already waiting, never waits to fill a batch. With
+    ``interval`` N > 1 (``model.detect_interval``) only every N-th frame goes to the model (see
+    :func:`detect_every`)."""
 
     def detect(frames) -> Iterator[FrameResult]:
+        count = 0
         for first in frames:
             batch = [first, *frames.take_ready(batch_size - 1)] if batch_size > 1 else [first]
-            for frame, detections in zip(batch, backend.predict(batch)):
-                yield FrameResult(frame, detections)
+            yield from detect_every(backend, batch, [(count + k) % interval == 0 for k in range(len(batch))])
+            count += len(batch)
 
     return detect
+
+
+def detect_every(backend: Backend, frames: list[Frame], run_model: list[bool]) -> list[FrameResult]:
+    """The model's results for the frames flagged in ``run_model`` (one forward for all of them); the other frames
+    never reach the model: they pass as empty results marked ``predicted``, which the track step fills with the
+    tracker's predictions (:meth:`~streamseg.stream.StreamProcessor.track`)."""
+    found = iter(backend.predict([f for f, run in zip(frames, run_model) if run]) if any(run_model) else ())
+    return [FrameResult(frame, next(found)) if run else
+            FrameResult(frame, Detections.empty(backend.class_names), predicted=True)
+            for frame, run in zip(frames, run_model)]
 
 
 class Runner(ModelRunner):
@@ -120,7 +134,8 @@ class Runner(ModelRunner):
                          run.source_id, graph.policy)
             nodes = [
                 Node("decode", lambda _: iter(source)),
-                Node("detect", detect_stage(self.backend, cfg.model.batch_size), graph.queue_size, "block"),
+                Node("detect", detect_stage(self.backend, cfg.model.batch_size, cfg.model.detect_interval),
+                     graph.queue_size, "block"),
             ]
             def outputs_exhausted():  # every output failed: nothing more to decode for
                 run.stopped_by_errors = True

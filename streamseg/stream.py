@@ -79,7 +79,8 @@ class StreamProcessor:
         keep_history = bool(output_dir is not None and not live and config.sinks.tracks) or output_dir is None
         self.tracker = Tracker(config.tracker.config, keep_history=keep_history, history_masks=False) \
             if config.tracker.enabled else None
-        self.lookahead = 0 if live or self.tracker is None else config.tracker.config.min_hits - 1
+        self.lookahead = 0 if live or self.tracker is None else \
+            (config.tracker.config.min_hits - 1) * config.model.detect_interval  # frames to min_hits model runs
         self.engine = EventEngine.from_config(config.events, info.width, info.height) \
             if config.events.enabled and self.tracker is not None else None
         self._pending: deque[FrameResult] = deque()
@@ -162,8 +163,11 @@ class StreamProcessor:
         if self.tracker is None:
             return [result]
         frame = result.frame
-        detections = self.tracker.update(result.detections, frame.index, frame.time, keep_all=True,
-                                         image_size=(frame.height, frame.width))
+        if result.predicted:  # model.detect_interval: a frame the model skipped, filled by the tracker's prediction
+            detections = self.tracker.predict(frame.index, frame.time, image_size=(frame.height, frame.width))
+        else:
+            detections = self.tracker.update(result.detections, frame.index, frame.time, keep_all=True,
+                                             image_size=(frame.height, frame.width))
         self._pending.append(replace(result, detections=detections))
         ready = []
         while len(self._pending) > self.lookahead:

@@ -228,6 +228,9 @@ class FrameResult:
     occupancy: Mapping[str, Mapping[str, int]] | None = None
     """Per zone name, per class name: tracked objects of this frame whose anchor is inside the zone (classes the
     zone counts but does not hold may be absent: read missing ones as 0). None where no zones are configured."""
+    predicted: bool = False
+    """The model did not run on this frame (``model.detect_interval``): ``detections`` are the tracker's confirmed
+    tracks moved to where it predicts them (empty until the track step fills them in)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -69,6 +69,7 @@ ROWS = [
     Row("model.max_detections", 0, "an integer >= 1", 1),
     Row("model.rpn_post_nms_top_n", 0, "an integer >= 1", 1),
     Row("model.batch_size", 0, "an integer >= 1", 1),
+    Row("model.detect_interval", 1.5, "an integer >= 1", 1),
     Row("model.device", "cuda:x", "cpu, cuda or cuda:N (N: a GPU index)", "cuda:1"),
     Row("model.device", "gpu", "cpu, cuda or cuda:N (N: a GPU index)", "cpu"),
     Row("model.fp16", "true", BOOL, False),

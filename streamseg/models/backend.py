@@ -44,6 +44,10 @@ class ModelOptions:
     """Proposals kept after the RPN's NMS; None: the architecture's default (1000, demo 200)."""
     batch_size: int = 1
     """Frames per forward pass."""
+    detect_interval: int = 1
+    """Run the model on every N-th processed frame only (files and live; needs ``[tracker]``): on the frames
+    between, the tracker's prediction moves each confirmed track's box and mask, and the detections JSONL marks
+    them ``"predicted": true``. Read by the pipelines, not by the backends."""
     device: str = "cpu"
     fp16: bool = False
     """Half precision autocast; CUDA only."""
@@ -58,6 +62,7 @@ class ModelOptions:
         for name in ("min_size", "max_size", "max_detections", "rpn_post_nms_top_n"):
             integer(f"model.{name}", getattr(self, name), 1, optional=True)
         integer("model.batch_size", self.batch_size, 1)
+        integer("model.detect_interval", self.detect_interval, 1)
         if None not in (self.min_size, self.max_size) and self.max_size < self.min_size:
             raise bad("model.max_size", f"an integer >= model.min_size ({self.min_size})", self.max_size)
         number("model.score_threshold", self.score_threshold, 0, 1)

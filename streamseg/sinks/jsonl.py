@@ -19,6 +19,9 @@ time               float            seconds since the stream's first frame (``Fr
 pts                int | null       container timestamp in ``time_base`` units; null for images
 time_base          str | null       ``"num/den"`` seconds per pts tick; null for images
 width, height      int              frame size in pixels (upright), the coordinate space of boxes and masks
+predicted          bool             ``true`` on frames the model did not run on (``model.detect_interval``):
+                                    the detections are the tracker's confirmed tracks at their predicted boxes,
+                                    masks moved with them; omitted on frames the model saw
 detections         list[object]     one per instance, possibly empty; fields below
   box              [float x4]       ``[x1, y1, x2, y2]`` pixels, rounded to 0.01; continuous coordinates: the
                                     image spans ``[0, width] x [0, height]``, a box over pixel column 0 only has
@@ -109,6 +112,7 @@ def frame_record(result: FrameResult, file: str | None = None) -> dict:
         "time_base": None if time_base is None else f"{time_base.numerator}/{time_base.denominator}",
         "width": frame.width,
         "height": frame.height,
+        **({"predicted": True} if result.predicted else {}),
         "detections": detections,
     }
 

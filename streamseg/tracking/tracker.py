@@ -24,6 +24,10 @@ Per frame (:meth:`Tracker.update`):
 4. tentative tracks are paired with the high-score detections left (``max_distance_tentative``);
 5. high-score detections still unpaired with ``score >= new_track_threshold`` start tentative tracks.
 
+Frames the model skips (``model.detect_interval``) go to :meth:`Tracker.predict` instead: one motion step for
+every track, no association, no miss counted; it returns the confirmed tracks at their predicted boxes, masks moved
+along.
+
 Lifecycle: ``TENTATIVE`` -> ``CONFIRMED`` after ``min_hits`` paired frames (a tentative track missed once is
 dropped); a confirmed track missed in a frame is ``LOST``: still predicted, still matchable in step 2, and
 ``CONFIRMED`` again when paired; after more than ``max_lost`` frames (or ``max_lost_seconds``, when
@@ -222,6 +226,7 @@ class Tracker:
         self._frames_seen = 0
         self._confirmed_ids: set[int] = set()
         self._history: list[tuple[int, Detections]] = []
+        self._masks_seen, self._class_names = False, ()  # of the latest update: what predict() gives
 
     @property
     def frames_seen(self) -> int:
@@ -258,6 +263,7 @@ class Tracker:
             raise ConfigError("Tracker.update: time is required when max_lost_seconds is set")
         frame_index = self._frames_seen if frame_index is None else int(frame_index)
         self._frames_seen += 1
+        self._masks_seen, self._class_names = detections.masks is not None, detections.class_names
         t = self._tracks
 
         # 1. Predict. A lost track keeps its size: extrapolating a shrink for many frames would make the box vanish.
@@ -323,6 +329,32 @@ class Tracker:
                               detections.masks, all_ids)
         order = order[states[order] == _CONFIRMED]
         return _pick(detections, columns[order], boxes[order], ids[order])
+
+    def predict(self, frame_index: int | None = None, time: float | None = None, *,
+                image_size: tuple[int, int] | None = None) -> Detections:
+        """Advance one frame the model did not see (``model.detect_interval``): every track moves one motion step,
+        nothing is associated, no track misses a frame or ages. Returns the confirmed tracks (not lost ones) at
+        their predicted boxes (clipped to ``image_size`` ``(H, W)``), with their latest label and score and, where
+        the latest :meth:`update` had masks and ``image_size`` is given, their latest mask moved by the box's
+        displacement; ``track_ids`` set. Recorded in :meth:`history` like an update."""
+        frame_index = self._frames_seen if frame_index is None else int(frame_index)
+        self._frames_seen += 1
+        t = self._tracks
+        lost = t.state == _LOST
+        if lost.any():
+            t.mean[lost, 6:8] = 0.0
+        t.mean, t.covariance = self._kalman.predict(t.mean, t.covariance)
+        rows = np.flatnonzero(t.state == _CONFIRMED)
+        predicted = BoxKalman.boxes(t.mean)
+        boxes = _clip(predicted, image_size)
+        masks = None
+        if self._masks_seen and image_size is not None:
+            masks = self._moved_masks(predicted, image_size)[rows]
+        out = Detections(boxes[rows], t.scores[rows], t.labels[rows], self._class_names, masks, t.ids[rows])
+        if self.keep_history and len(rows):
+            self._history.append((frame_index, out if self.history_masks or masks is None else
+                                  Detections(out.boxes, out.scores, out.labels, out.class_names, None, out.track_ids)))
+        return out
 
     def confirmed(self, track_ids: np.ndarray) -> np.ndarray:
         """Which of ``track_ids`` belong to tracks that have been confirmed (now or earlier): with
