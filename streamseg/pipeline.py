@@ -64,14 +64,15 @@ class SourceRun:
         return bool(self.report and self.report.interrupted) and not self.stopped_by_errors
 
 
-def detect_stage(backend: Backend, batch_size: int, interval: int = 1) \
+def detect_stage(backend: Backend, batch_size: int, interval: int = 1, start: int = 0) \
         -> Callable[[Iterable[Frame]], Iterator[FrameResult]]:
     """Frames in, results out; batches frames that are already waiting, never waits to fill a batch. With
     ``interval`` N > 1 (``model.detect_interval``) only every N-th frame goes to the model (see
-    :func:`detect_every`)."""
+    :func:`detect_every`), counted from the source's first frame: ``start`` is how many frames of the source come
+    before these (a cluster's chunk)."""
 
     def detect(frames) -> Iterator[FrameResult]:
-        count = 0
+        count = start
         for first in frames:
             batch = [first, *frames.take_ready(batch_size - 1)] if batch_size > 1 else [first]
             yield from detect_every(backend, batch, [(count + k) % interval == 0 for k in range(len(batch))])

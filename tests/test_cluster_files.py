@@ -275,3 +275,20 @@ def test_unreachable_or_malformed_address_is_one_line_at_once(address, message, 
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"streamseg: error: {message}"]
     assert time.monotonic() - started < 30
+
+
+def test_detect_interval_counts_from_the_source_start_across_chunks(scene_clip, tmp_path):
+    """``model.detect_interval = 5`` with chunks of 12 frames: chunk k starts mid-cycle, and the frames that go to
+    the model, the predicted ones and their tracks are a local run's."""
+    local, cluster = tmp_path / "local", tmp_path / "cluster"
+    common = [str(scene_clip), "--max-frames", "36", "--pipeline", str(pipeline(tmp_path))]
+    (tmp_path / "interval.toml").write_text(pipeline(tmp_path).read_text().replace(
+        "[sinks]", "[model]\ndetect_interval = 5\n[sinks]"))
+    common[-1] = str(tmp_path / "interval.toml")
+    assert run([*common, "-o", str(local)]).returncode == 0
+    done = run([*common, "-o", str(cluster), "--cluster", "local:2"])
+    assert done.returncode == 0, done.stderr
+    assert "3 work items" in done.stderr
+    records = [json.loads(line) for line in (local / "street.detections.jsonl").read_text().splitlines()]
+    assert [r.get("predicted", False) for r in records] == [i % 5 != 0 for i in range(36)]
+    assert_same_outputs(local, cluster)

@@ -135,9 +135,6 @@ class WorkerPool:
             self._busy[call.actor] -= 1
             try:
                 outcome = self.ray.get(ref)
-            except self.ray.exceptions.RayTaskError as err:  # the item itself failed: no retry cures that
-                cause = err.cause if isinstance(getattr(err, "cause", None), StreamsegError) else None
-                raise (cause or StreamsegError(f"{call.label}: worker failed: {_first_line(err)}")) from None
             except (self.ray.exceptions.RayActorError, self.ray.exceptions.ActorUnavailableError,
                     self.ray.exceptions.ObjectLostError) as err:
                 if call.attempts > self.max_retries:
@@ -149,6 +146,11 @@ class WorkerPool:
                 self.retried += 1
                 self._waiting.insert(0, call)
                 continue
+            except self.ray.exceptions.RayError as err:  # the item itself failed: no retry cures that
+                cause = getattr(err, "cause", None)
+                if isinstance(cause, StreamsegError):
+                    raise cause from None
+                raise StreamsegError(f"{call.label}: worker failed: {_first_line(err)}") from None
             call.on_done(outcome)
         self._dispatch()
         return len(ready)

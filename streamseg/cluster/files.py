@@ -18,7 +18,6 @@ retried item never duplicates one and a re-run of the same command resumes where
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -37,7 +36,7 @@ from streamseg.cluster.actors import WorkerPool
 from streamseg.cluster.chunks import join_videos, plan_chunks
 from streamseg.cluster.connect import connected
 from streamseg.cluster.manifest import WorkFolder, fingerprint
-from streamseg.cluster.results import unpack
+from streamseg.cluster.results import read_notes, unpack
 from streamseg.cluster.work import Outcome, WorkItem, commit
 from streamseg.config import PipelineConfig
 from streamseg.errors import ConfigError, StreamsegError, output_error
@@ -187,14 +186,15 @@ class ClusterRunner:
                 step = cfg.cluster.chunk_images
                 picks = range(0, total, cfg.source.stride)[: cfg.source.max_frames]
                 limit = picks[-1] + 1 if picks else 0
-                items = [WorkItem(number, source_id, uri, k, len([i for i in picks if start <= i < start + step]),
-                                  image_range=(start, start + step))
-                         for k, start in enumerate(range(0, limit, step))]
+                counts = [len([i for i in picks if start <= i < start + step]) for start in range(0, limit, step)]
+                items = [WorkItem(number, source_id, uri, k, counts[k], sum(counts[:k]),
+                                  image_range=(k * step, (k + 1) * step)) for k in range(len(counts))]
             else:
                 plan = plan_chunks(uri, cfg.cluster.chunk_seconds, stride=cfg.source.stride,
                                    target_fps=cfg.source.target_fps, max_frames=cfg.source.max_frames)
                 kept = _kept_per_chunk(plan, cfg.source.stride, cfg.source.max_frames, info.frame_count)
-                items = [WorkItem(number, source_id, uri, k, kept[k], plan=plan) for k in range(len(plan.chunks))]
+                items = [WorkItem(number, source_id, uri, k, kept[k], sum(kept[:k]), plan=plan)
+                         for k in range(len(plan.chunks))]
             sources.append(ClusterSource(uri, source_id, info, items, names))
         return sources
 
@@ -233,9 +233,8 @@ class _Scheduler:
                 continue
             for item in source.items:
                 path = self.work.detections(source.source_id, item.key)
-                if path.exists() and _notes(path).exists():
-                    notes = json.loads(_notes(path).read_text())
-                    self._noted(source, item.key, notes["error"], notes["skipped"])
+                if path.exists():
+                    self._noted(source, item.key, *read_notes(path))
                     source.detected[item.key] = path
                     self.reused += 1
                 else:
@@ -257,7 +256,6 @@ class _Scheduler:
                 raise StreamsegError(f"node {outcome.node} cannot see the output folder {self.out_dir} "
                                      "(cluster.shared_output = yes)")
             commit(outcome.data, path)
-        commit(json.dumps({"error": outcome.error, "skipped": outcome.skipped}).encode(), _notes(path))
         self._noted(source, outcome.key, outcome.error, outcome.skipped)
         source.detected[outcome.key] = path
         for stage, seconds in outcome.seconds.items():
@@ -392,11 +390,6 @@ class _Scheduler:
             if source.stream is not None:
                 source.stream.close()
                 source.stream = None
-
-
-def _notes(detections: Path) -> Path:
-    """What came with an item's results: its source error and skipped images (kept for a resumed run)."""
-    return detections.with_suffix(".json")
 
 
 def _unique(name: str, used: set[str]) -> str:

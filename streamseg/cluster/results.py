@@ -12,6 +12,7 @@ every output but the annotated video, which workers draw on frames they decode a
 from __future__ import annotations
 
 import io
+import os
 from fractions import Fraction
 from typing import Sequence
 
@@ -27,8 +28,10 @@ def placeholder_image(height: int, width: int) -> np.ndarray:
     return np.broadcast_to(np.zeros(1, np.uint8), (height, width, 3))
 
 
-def pack(results: Sequence[FrameResult]) -> bytes:
-    """``results`` (model output, before tracking) as ``.npz`` bytes."""
+def pack(results: Sequence[FrameResult], error: str | None = None, skipped: Sequence[str] = ()) -> bytes:
+    """``results`` (model output, before tracking) as ``.npz`` bytes, with what came with them: the source error
+    that ended them (a damaged file) and the unreadable images left out. One file holds it all, so its presence
+    alone records the item as done."""
     frames = [r.frame for r in results]
     dets = [r.detections for r in results]
     counts = np.array([len(d) for d in dets], np.int64)
@@ -43,6 +46,7 @@ def pack(results: Sequence[FrameResult]) -> bytes:
         "size": np.array([(f.height, f.width) for f in frames], np.int64).reshape(-1, 2),
         "counts": counts,
         "with_masks": with_masks,
+        "predicted": np.array([r.predicted for r in results], bool),
         "boxes": _concat([d.boxes for d in dets], (0, 4), np.float32),
         "scores": _concat([d.scores for d in dets], (0,), np.float32),
         "labels": _concat([d.labels for d in dets], (0,), np.int64),
@@ -51,6 +55,8 @@ def pack(results: Sequence[FrameResult]) -> bytes:
         "crop_shapes": np.array([c.shape for c in crops], np.int64).reshape(-1, 2),
         "crop_bits": np.packbits(np.concatenate([c.ravel() for c in crops])) if crops else np.zeros(0, np.uint8),
         "class_names": np.array(dets[0].class_names if dets else (), dtype=str),
+        "error": np.array([error] if error else [], dtype=str),
+        "skipped": np.array(list(skipped), dtype=str),
     }
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -84,8 +90,15 @@ def unpack(data: bytes, source_id: str) -> list[FrameResult]:
                       float(a["capture_time"][i]))
         detections = Detections(a["boxes"][start:end], a["scores"][start:end], a["labels"][start:end],
                                 class_names, masks)
-        results.append(FrameResult(frame, detections))
+        results.append(FrameResult(frame, detections, predicted=bool(a["predicted"][i])))
     return results
+
+
+def read_notes(path: str | os.PathLike) -> tuple[str | None, list[str]]:
+    """The source error and skipped images stored with an item's results (see :func:`pack`)."""
+    with np.load(path, allow_pickle=False) as stored:
+        error = [str(e) for e in stored["error"]]
+        return (error[0] if error else None), [str(name) for name in stored["skipped"]]
 
 
 def _fraction(value) -> tuple[int, int]:

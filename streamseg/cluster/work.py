@@ -49,6 +49,9 @@ class WorkItem:
     """Position of the item in its source."""
     frames: int
     """Frames it yields (after stride and max_frames)."""
+    first: int = 0
+    """Frames the source yields before this item's (``model.detect_interval`` counts from the source's start;
+    image folders: unreadable images of earlier items are counted too, as the plan cannot know them)."""
     plan: ChunkPlan | None = None
     """Video files: the source's chunk plan (``chunk`` is ``plan.chunks[number]``)."""
     image_range: tuple[int, int] | None = None
@@ -139,7 +142,8 @@ class ChunkWorker:
         if source is not None:
             with source:
                 nodes = [Node("decode", lambda _: iter(source)),
-                         Node("detect", detect_stage(self._model, self.config.model.batch_size),
+                         Node("detect", detect_stage(self._model, self.config.model.batch_size,
+                                                     self.config.model.detect_interval, item.first),
                               self.config.graph.queue_size),
                          Node("collect", lambda items: (results.append(r) for r in items),
                               self.config.graph.queue_size)]
@@ -153,7 +157,7 @@ class ChunkWorker:
                 if item.image_range is not None:
                     outcome.skipped = [str(p) for p in source.skipped]
         outcome.frames = len(results)
-        data = pack(results)
+        data = pack(results, outcome.error, outcome.skipped)
         outcome.data = self._deliver(data, Path(final), probe)
         return outcome
 
@@ -216,6 +220,7 @@ class _OneAtATime:
 
     def __init__(self, backend: Backend):
         self.backend = backend
+        self.class_names = backend.class_names
         self._lock = threading.Lock()
 
     def predict(self, frames):
