@@ -13,6 +13,8 @@ A file has top-level ``sources`` and ``output_dir`` plus one table per stage kin
     [events]   units, [[events.zones]], [[events.lines]], [events.collision]  (streamseg.events.config)
     [live]     live streams (rtsp://, http(s)://, v4l2://): transport, timeouts, reconnect, metrics, recording
     [cluster]  address (a Ray cluster; absent: run here), chunk_seconds, actors, num_cpus, num_gpus, ...
+    [mqtt]     events to an MQTT broker (on when the table is present): host, port, prefix, client_id, username,
+               password, keepalive, qos, queue_size  (streamseg.sinks.mqtt)
 
 Unknown keys, wrong types and values out of range are one-line errors that name the file, the key, what is
 allowed and the value (``p.toml: sinks.crf: expected an integer 0..51, got 99``), raised while the config is
@@ -208,6 +210,45 @@ class ClusterOptions:
 
 
 @dataclass(frozen=True)
+class MqttOptions:
+    """``[mqtt]``: every event also as a JSON message on an MQTT broker (:mod:`streamseg.sinks.mqtt`). Without an
+    ``[mqtt]`` table nothing is published; with one, ``enabled`` defaults to true. No TLS yet (plain TCP)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 1883
+    prefix: str = "streamseg"
+    """Topics: ``<prefix>/<camera>/events``, ``<prefix>/<camera>/state``, ``<prefix>/availability``."""
+    client_id: str | None = None
+    """MQTT client id (None: ``streamseg-<pid>-<n>``)."""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    """Never logged (left out of the repr)."""
+    keepalive: int = 60
+    """Seconds between pings while idle."""
+    qos: int = 0
+    """0: at most once; 1: at least once (a message counts as delivered when the broker acknowledged it)."""
+    queue_size: int = 1000
+    """Messages held while the broker is unreachable; beyond it the oldest are dropped (counted)."""
+
+    def __post_init__(self):
+        booleans(self, "mqtt")
+        host("mqtt.host", self.host)
+        integer("mqtt.port", self.port, 1, 65535)
+        text("mqtt.prefix", self.prefix)
+        if any(c in self.prefix for c in "+#") or self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise bad("mqtt.prefix", "a topic without +, # or a leading or trailing /", self.prefix)
+        text("mqtt.client_id", self.client_id, optional=True)
+        text("mqtt.username", self.username, optional=True)
+        text("mqtt.password", self.password, optional=True)
+        if self.password is not None and self.username is None:
+            raise ConfigError("mqtt.password: needs mqtt.username")  # the value itself is never shown
+        integer("mqtt.keepalive", self.keepalive, 1, 65535)
+        integer("mqtt.qos", self.qos, 0, 1)
+        integer("mqtt.queue_size", self.queue_size, 1)
+
+
+@dataclass(frozen=True)
 class TrackerOptions:
     """``[tracker]``: ``enabled`` plus the tracker's own settings (every field of :class:`TrackerConfig`). Without
     a ``[tracker]`` table tracking is off; with one, ``enabled`` defaults to true."""
@@ -232,6 +273,7 @@ class PipelineConfig:
     events: EventsConfig = field(default_factory=EventsConfig)
     live: LiveOptions = field(default_factory=LiveOptions)
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    mqtt: MqttOptions = field(default_factory=MqttOptions)
 
     def __post_init__(self):
         object.__setattr__(self, "sources", names("sources", self.sources))
@@ -246,7 +288,7 @@ class PipelineConfig:
 
 
 SECTIONS = {"source": SourceOptions, "model": ModelOptions, "graph": GraphOptions, "sinks": SinkOptions,
-            "live": LiveOptions, "cluster": ClusterOptions}
+            "live": LiveOptions, "cluster": ClusterOptions, "mqtt": MqttOptions}
 
 
 def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
@@ -298,6 +340,8 @@ def build_config(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = N
                 values[name] = _build_tracker(value, origin)
             elif name == "events":
                 values[name] = _build_events(value, origin)
+            elif name == "mqtt":  # an [mqtt] table means publishing unless it says enabled = false
+                values[name] = _build_section(MqttOptions, {"enabled": True, **value}, name, origin)
             else:
                 values[name] = _build_section(SECTIONS[name], value, name, origin)
         else:

@@ -45,6 +45,7 @@ from streamseg.sinks.event_store import EventStoreSink
 from streamseg.sinks.event_store import acquire as acquire_event_store
 from streamseg.sinks.event_store import release as release_event_store
 from streamseg.sinks.event_store import store_path as event_store_path
+from streamseg.sinks import mqtt
 from streamseg.tracking import MotRows, Tracker, write_mot
 from streamseg.types import FrameResult, SourceInfo
 
@@ -130,6 +131,10 @@ class StreamProcessor:
             shared = EventStoreSink(store, sid, retention_days=sinks.event_retention_days, replace=not self.live)
             self._stack.callback(lambda: shared in self._sinks and self._close_sink(shared))
             self._sinks.append(shared)
+        if self.engine is not None and cfg.mqtt.enabled:  # the run's one client (streamseg.sinks.mqtt)
+            publisher = mqtt.MqttEventsSink(cfg.mqtt, sid)
+            self._stack.callback(lambda: publisher in self._sinks and self._close_sink(publisher))
+            self._sinks.append(publisher)
         if self.engine is not None and self.engine.zones and sinks.zone_counts:
             path = out_dir / f"{sid}.zone_counts.csv"
             columns = {z.name: z.config.classes or self.vocabulary for z in self.engine.zones}
@@ -309,6 +314,9 @@ class ModelRunner:
         self._event_store = event_store_path(config)
         if self._event_store is not None:  # the run's streams share one event store, open until the runner closes
             acquire_event_store(self._event_store, open_now=False)
+        self.mqtt = mqtt.acquire(config.mqtt) if config.mqtt.enabled and config.events.enabled else None
+        """The run's MQTT publisher (``delivered``, ``dropped``), shared by its streams; None without [mqtt]."""
+        self._mqtt_held = self.mqtt is not None
 
     def unique_id(self, name: str) -> str:
         """``name``, or ``name-2``, ``name-3``...: two streams of a run with the same name must not write to the
@@ -324,6 +332,9 @@ class ModelRunner:
         try:
             self.backend.close()
         finally:
+            if self._mqtt_held:
+                self._mqtt_held = False
+                mqtt.release(self.config.mqtt)  # the last holder: buffered events sent (or counted as dropped)
             if self._event_store is not None:
                 store, self._event_store = self._event_store, None
                 release_event_store(store)  # the last holder: every queued event is written

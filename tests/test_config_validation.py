@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 import pytest
 
 from streamseg.cli import main
-from streamseg.config import (BACKEND_NAMES, ClusterOptions, GraphOptions, LiveOptions, PipelineConfig, SinkOptions, SourceOptions,
-                              TrackerOptions, build_config)
+from streamseg.config import (BACKEND_NAMES, ClusterOptions, GraphOptions, LiveOptions, MqttOptions, PipelineConfig,
+                              SinkOptions, SourceOptions, TrackerOptions, build_config)
 from streamseg.errors import ConfigError
 from streamseg.events.config import CollisionConfig, EventsConfig, LineConfig, ZoneConfig
 from streamseg.models.backend import ModelOptions
@@ -29,7 +29,7 @@ RULES = {"zones": ZONE, "lines": LINE, "collision": COLLISION}
 
 # where each dataclass's fields are written in a pipeline file
 SECTIONS = {SourceOptions: "source.", ModelOptions: "model.", GraphOptions: "graph.", SinkOptions: "sinks.",
-            LiveOptions: "live.", ClusterOptions: "cluster.", TrackerOptions: "tracker.", TrackerConfig: "tracker.", EventsConfig: "events.",
+            LiveOptions: "live.", ClusterOptions: "cluster.", MqttOptions: "mqtt.", TrackerOptions: "tracker.", TrackerConfig: "tracker.", EventsConfig: "events.",
             ZoneConfig: "events.zones.", LineConfig: "events.lines.", CollisionConfig: "events.collision.",
             PipelineConfig: ""}
 NOT_KEYS = {"tracker.config"}  # TrackerOptions.config: the TrackerConfig whose fields are keys of [tracker]
@@ -121,6 +121,17 @@ ROWS = [
     Row("cluster.shared_output", "maybe", "one of auto, yes, no", "no"),
     Row("cluster.max_cameras_per_node", 0, "an integer >= 1", 1),
     Row("cluster.max_retries", -1, "an integer >= 0", 0),
+    Row("mqtt.enabled", "yes", BOOL, False),
+    Row("mqtt.host", "my host", "an IP address or a host name", "broker.local"),
+    Row("mqtt.port", 0, "an integer 1..65535", 65535),
+    Row("mqtt.prefix", "", TEXT, "site/a"),
+    Row("mqtt.prefix", "cams/#", "a topic without +, # or a leading or trailing /", "cams"),
+    Row("mqtt.client_id", "", TEXT, "streamseg-1"),
+    Row("mqtt.username", "", TEXT, "user"),
+    Row("mqtt.password", "", TEXT, "secret", {"username": "user"}),
+    Row("mqtt.keepalive", 0, "an integer 1..65535", 1),
+    Row("mqtt.qos", 2, "an integer 0..1", 1),
+    Row("mqtt.queue_size", 0, "an integer >= 1", 1),
     Row("tracker.enabled", "yes", BOOL, False),
     Row("tracker.high_threshold", "high", "a number", 0.1),
     Row("tracker.low_threshold", 0.9, "a number <= high_threshold (0.5)", 0.5),
@@ -194,7 +205,7 @@ def test_every_field_has_a_row():
     keys = {row.key for row in ROWS}
     sections = {f.name for f in dataclasses.fields(PipelineConfig) if f.default_factory is not dataclasses.MISSING
                 and dataclasses.is_dataclass(f.default_factory)}
-    assert sections == {"source", "model", "graph", "sinks", "tracker", "events", "live", "cluster"}
+    assert sections == {"source", "model", "graph", "sinks", "tracker", "events", "live", "cluster", "mqtt"}
     missing = [prefix + f.name for cls, prefix in SECTIONS.items() for f in dataclasses.fields(cls)
                if not (cls is PipelineConfig and f.name in sections)]
     assert sorted(set(missing) - keys - NOT_KEYS) == []
