@@ -292,3 +292,23 @@ def test_detect_interval_counts_from_the_source_start_across_chunks(scene_clip, 
     records = [json.loads(line) for line in (local / "street.detections.jsonl").read_text().splitlines()]
     assert [r.get("predicted", False) for r in records] == [i % 5 != 0 for i in range(36)]
     assert_same_outputs(local, cluster)
+
+
+def test_commit_moves_a_file_across_filesystems_and_a_failed_write_is_one_line(tmp_path):
+    """A worker's part is made in its own temporary folder, often another filesystem than the shared output
+    (a rename there fails with EXDEV); an output that cannot be written is an OutputError naming the file."""
+    from streamseg.cluster.work import commit
+    from streamseg.errors import OutputError
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to move across")
+    part = shm / f"streamseg-test-{os.getpid()}.mp4"
+    part.write_bytes(b"x" * 1000)
+    final = tmp_path / "work" / "video-00000.mp4"
+    commit(part, final)
+    assert final.read_bytes() == b"x" * 1000 and not part.exists()
+    assert [p.name for p in final.parent.iterdir()] == [final.name]
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    with pytest.raises(OutputError, match="cannot write .*blocked"):
+        commit(b"y" * 10, tmp_path / "blocked" / "detect-00000.npz")

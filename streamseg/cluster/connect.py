@@ -18,7 +18,7 @@ import re
 import secrets
 import socket
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 from streamseg.errors import ConfigError, StreamsegError
@@ -63,7 +63,7 @@ def connected(address: str, *, namespace: str = "streamseg") -> Iterator[object]
     else:
         _check_reachable(address)
     ray = import_ray()
-    with tempfile.TemporaryDirectory(prefix="streamseg-ray-") if workers else _nothing() as temp:
+    with tempfile.TemporaryDirectory(prefix="streamseg-ray-") if workers else nullcontext() as temp:
         try:
             if workers:
                 ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, _temp_dir=temp,
@@ -100,11 +100,6 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         reason = getattr(err, "strerror", None) or type(err).__name__
         raise StreamsegError(f"--cluster {address}: cannot connect ({reason}); is a Ray head node running there "
                              "(ray start --head)?") from None
-
-
-@contextmanager
-def _nothing():
-    yield None
 
 
 def _one_line(err: BaseException) -> str:

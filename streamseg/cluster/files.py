@@ -192,7 +192,7 @@ class ClusterRunner:
             else:
                 plan = plan_chunks(uri, cfg.cluster.chunk_seconds, stride=cfg.source.stride,
                                    target_fps=cfg.source.target_fps, max_frames=cfg.source.max_frames)
-                kept = _kept_per_chunk(plan, cfg.source.stride, cfg.source.max_frames, info.frame_count)
+                kept = _kept_per_chunk(plan, cfg.source.stride, cfg.source.max_frames)
                 items = [WorkItem(number, source_id, uri, k, kept[k], sum(kept[:k]), plan=plan)
                          for k in range(len(plan.chunks))]
             sources.append(ClusterSource(uri, source_id, info, items, names))
@@ -401,7 +401,7 @@ def _unique(name: str, used: set[str]) -> str:
     return candidate
 
 
-def _kept_per_chunk(plan, stride: int, max_frames: int | None, expected: int | None) -> list[int]:
+def _kept_per_chunk(plan, stride: int, max_frames: int | None) -> list[int]:
     """Frames each chunk yields after stride and max_frames (kept: index % stride == 0, the first max_frames)."""
     kept, left = [], max_frames
     for chunk in plan.chunks:

@@ -17,10 +17,12 @@ itself; one that cannot sends the bytes back through Ray's object store for the 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -28,7 +30,7 @@ from typing import Callable
 from streamseg.cluster.chunks import Chunk, ChunkPlan, ChunkSource
 from streamseg.cluster.results import pack
 from streamseg.config import PipelineConfig
-from streamseg.errors import SourceError, StageError
+from streamseg.errors import SourceError, StageError, output_error
 from streamseg.graph import Node, Pipeline
 from streamseg.models.backend import Backend
 from streamseg.sources.base import Source
@@ -84,21 +86,25 @@ class Outcome:
 
 
 def commit(data_or_path: bytes | Path, final: Path) -> None:
-    """Make ``final`` appear whole and at once: write (or move) under a unique temporary name in its folder, then
-    rename over it. Concurrent or retried writers of the same item leave one complete copy."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+    """Make ``final`` appear whole and at once: write (or move: a copy where the file is on another filesystem,
+    as a worker's temporary folder usually is) under a unique temporary name in its folder, then rename over it.
+    Concurrent or retried writers of the same item leave one complete copy. A failure is one line naming it."""
     temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(data_or_path, bytes):
             with open(temp, "wb") as out:
                 out.write(data_or_path)
                 out.flush()
                 os.fsync(out.fileno())
         else:
-            os.replace(data_or_path, temp)
+            shutil.move(data_or_path, temp)
         os.replace(temp, final)
+    except OSError as err:
+        raise output_error(final, err) from err
     finally:
-        temp.unlink(missing_ok=True)
+        with suppress(OSError):  # (no folder to clean up in when the write failed for want of one)
+            temp.unlink(missing_ok=True)
 
 
 def open_item(config: PipelineConfig, item: WorkItem) -> Source:

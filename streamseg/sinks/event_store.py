@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Iterator, Sequence
 
 from streamseg.errors import StreamsegError
-from streamseg.sinks.base import Sink
+from streamseg.sinks.base import SharedByRun, Sink
 from streamseg.sinks.events import event_record
 from streamseg.types import FrameResult
 
@@ -248,8 +248,7 @@ def _row(record: dict) -> tuple:
 
 # -- one store per file, shared by the streams of a run ---------------------------------------------------------------
 
-_shared: dict[Path, list] = {}  # resolved path -> [EventStore | None, holders]
-_shared_lock = threading.Lock()
+_shared = SharedByRun()
 
 
 def _key(path: str | os.PathLike) -> Path:
@@ -261,32 +260,12 @@ def acquire(path: str | os.PathLike, *, retention_days: float | None = None, ope
     """Hold the store of ``path`` (opened by the first holder that needs it). ``open_now`` False: only keep it
     open for later holders (a runner across its sources) without creating the file."""
     key = _key(path)
-    with _shared_lock:
-        entry = _shared.setdefault(key, [None, 0])
-        if open_now and entry[0] is None:
-            try:
-                entry[0] = EventStore(key, retention_days=retention_days)
-            except BaseException:
-                if entry[1] == 0:
-                    del _shared[key]
-                raise
-        entry[1] += 1
-        return entry[0]
+    return _shared.hold(key, lambda: EventStore(key, retention_days=retention_days), open_now=open_now)
 
 
 def release(path: str | os.PathLike) -> None:
     """Let go of a hold; the last one closes the store (every queued event written)."""
-    key = _key(path)
-    with _shared_lock:
-        entry = _shared.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] > 0:
-            return
-        del _shared[key]
-    if entry[0] is not None:
-        entry[0].close()
+    _shared.release(_key(path))
 
 
 def store_path(config) -> Path | None:

@@ -31,7 +31,7 @@ import time
 from collections import deque
 
 from streamseg.errors import ConfigError
-from streamseg.sinks.base import Sink
+from streamseg.sinks.base import SharedByRun, Sink
 from streamseg.sinks.events import event_record
 from streamseg.types import FrameResult
 
@@ -203,31 +203,17 @@ class MqttPublisher:
                  self.options.port, self.dropped)
 
 
-_shared: dict = {}
-_shared_lock = threading.Lock()
+_shared = SharedByRun()
 
 
 def acquire(options) -> MqttPublisher:
     """The run's publisher for ``options`` (started by the first holder)."""
-    with _shared_lock:
-        entry = _shared.get(options)
-        if entry is None:
-            entry = _shared[options] = [MqttPublisher(options), 0]
-        entry[1] += 1
-        return entry[0]
+    return _shared.hold(options, lambda: MqttPublisher(options))
 
 
 def release(options) -> None:
     """Let go of a hold; the last one closes the publisher (see :meth:`MqttPublisher.close`)."""
-    with _shared_lock:
-        entry = _shared.get(options)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] > 0:
-            return
-        del _shared[options]
-    entry[0].close()
+    _shared.release(options)
 
 
 class MqttEventsSink(Sink):
