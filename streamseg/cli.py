@@ -1,5 +1,5 @@
-"""Command line: ``streamseg run``, ``info``, ``demo``, ``eval``, ``track`` and ``events query``, thin over the
-stage packages.
+"""Command line: ``streamseg run``, ``serve``, ``info``, ``demo``, ``eval``, ``track`` and ``events query``, thin
+over the stage packages.
 
 Exit codes: 0 success, 1 a user-facing error (one line on stderr), 2 bad command-line usage, 130 interrupted
 (outputs written so far are finalized first).
@@ -182,6 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             options.add_argument(flag, type=kind, help=text)
 
+    serve = commands.add_parser("serve", help="the always-on camera service: cameras retried forever, a live page, "
+                                "an HTTP API, events to SQLite (and MQTT); until SIGTERM / Ctrl-C")
+    serve.add_argument("--pipeline", required=True, help="TOML file: its sources are the cameras ([[sources]] "
+                       "tables: url, id, zones, lines); SIGHUP re-reads it")
+    serve.add_argument("--host", help="listen here (default 127.0.0.1; any other host needs a token: "
+                       "serve.token_file or $STREAMSEG_SERVE_TOKEN)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8080; 0: any free port)")
+    serve.add_argument("-o", "--output-dir", help="where outputs go (default: the pipeline's output_dir)")
+    serve.add_argument("--backend", choices=("auto", "torch", "onnx", "tensorrt", "none"))
+    serve.add_argument("--weights", help="checkpoint (.pth) or exported engine")
+
     events = commands.add_parser("events", help="the event store (sinks.event_store): query stored events")
     events_commands = events.add_subparsers(dest="events_command", required=True)
     query = events_commands.add_parser("query", help="print the stored events that match, oldest first")
@@ -337,6 +348,67 @@ def _print_output_errors(failed: list[list[str]]) -> None:
         print(f"streamseg: error: {error_line(errors)}", file=sys.stderr)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``streamseg serve``: exit 0 after SIGTERM / Ctrl-C (everything finalized), 1 for a bad configuration or a
+    port that is taken; an unreachable camera is never a reason to exit (it is retried forever)."""
+    import asyncio
+
+    from streamseg.config import load_pipeline
+    from streamseg.redact import RedactingFilter, secrets_of
+
+    overrides = {key: value for key, value in (("serve.host", args.host), ("serve.port", args.port),
+                                               ("output_dir", args.output_dir), ("backend", args.backend),
+                                               ("model.weights", args.weights)) if value is not None}
+    config = load_pipeline(args.pipeline, overrides)
+    token = config.serve.token
+    if not config.serve.loopback and not token:
+        raise StreamsegError(f"serve.host = {config.serve.host} is not loopback: set serve.token_file or "
+                             "$STREAMSEG_SERVE_TOKEN (every request must then carry it as a bearer token)")
+    hide = RedactingFilter(tuple(s for uri in config.sources for s in secrets_of(uri)))
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(hide)
+    try:
+        return asyncio.run(_serve(config, token, lambda: load_pipeline(args.pipeline, overrides)))
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hide)
+
+
+async def _serve(config, token: str | None, reread) -> int:
+    import asyncio
+    import signal
+
+    from streamseg.service import CameraService
+    from streamseg.service.http import serve_http
+
+    loop = asyncio.get_running_loop()
+    service = CameraService(config)  # loads the model
+    stopping = asyncio.Event()
+
+    async def reload() -> None:
+        try:
+            changes = await loop.run_in_executor(None, lambda: service.reload(reread()))
+        except StreamsegError as err:
+            log.error("reload failed, the cameras run on unchanged: %s", err)
+            return
+        log.info("reloaded: %s", ", ".join(f"{k} {', '.join(v) or 'none'}" for k, v in changes.items()))
+
+    try:
+        await loop.run_in_executor(None, service.start)
+        async with serve_http(service, config.serve.host, config.serve.port, token):
+            loop.add_signal_handler(signal.SIGINT, stopping.set)
+            loop.add_signal_handler(signal.SIGTERM, stopping.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+            await stopping.wait()
+            log.info("stopping: finalizing every camera's outputs")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await loop.run_in_executor(None, service.stop)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from streamseg.sources import describe, expand_sources, format_description
 
@@ -448,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             from streamseg.logs import use_json_logs
 
             use_json_logs()
-        command = {"run": cmd_run, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo, "track": cmd_track,
+        command = {"run": cmd_run, "serve": cmd_serve, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo, "track": cmd_track,
                    "events": cmd_events, "export": lambda a: a.handler(a)}[args.command]
         return command(args)
     except StreamsegError as err:

@@ -2,7 +2,7 @@
 
 A file has top-level ``sources`` and ``output_dir`` plus one table per stage kind::
 
-    sources = ["clip.mp4"]
+    sources = ["clip.mp4"]              # or [[sources]] tables: url, id, zones, lines (CameraSpec)
     output_dir = "out"
     [source]   stride, target_fps, max_frames
     [model]    backend and every field of ModelOptions
@@ -15,6 +15,7 @@ A file has top-level ``sources`` and ``output_dir`` plus one table per stage kin
     [cluster]  address (a Ray cluster; absent: run here), chunk_seconds, actors, num_cpus, num_gpus, ...
     [mqtt]     events to an MQTT broker (on when the table is present): host, port, prefix, client_id, username,
                password, keepalive, qos, queue_size  (streamseg.sinks.mqtt)
+    [serve]    ``streamseg serve``: host, port, token_file, live_fps, jpeg_quality  (streamseg.service)
 
 Unknown keys, wrong types and values out of range are one-line errors that name the file, the key, what is
 allowed and the value (``p.toml: sinks.crf: expected an integer 0..51, got 99``), raised while the config is
@@ -25,6 +26,8 @@ fields (:mod:`streamseg.checks`), so Python callers get the same errors as files
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import tomllib
 import types
 import typing
@@ -248,6 +251,76 @@ class MqttOptions:
         integer("mqtt.queue_size", self.queue_size, 1)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+TOKEN_ENV = "STREAMSEG_SERVE_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """``[serve]``: the HTTP side of ``streamseg serve`` (:mod:`streamseg.service`)."""
+
+    host: str = "127.0.0.1"
+    """Where the page and the API listen. Anything but loopback needs a token (``token_file`` or
+    ``$STREAMSEG_SERVE_TOKEN``): every request then carries ``Authorization: Bearer <token>``."""
+    port: int = 8080
+    """0: any free port (the URL is logged)."""
+    token_file: str | None = None
+    """A file holding the bearer token (read at start; the token is never logged)."""
+    live_fps: float = 5.0
+    """Cap of each camera's ``live.mjpg`` (frames are encoded only while someone watches)."""
+    jpeg_quality: int = 80
+
+    def __post_init__(self):
+        host("serve.host", self.host)
+        integer("serve.port", self.port, 0, 65535)
+        text("serve.token_file", self.token_file, optional=True)
+        number("serve.live_fps", self.live_fps, above=0)
+        integer("serve.jpeg_quality", self.jpeg_quality, 1, 100)
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS
+
+    @property
+    def token(self) -> str | None:
+        """The bearer token: ``token_file``'s content, else ``$STREAMSEG_SERVE_TOKEN``, else None."""
+        if self.token_file is not None:
+            try:
+                value = Path(self.token_file).read_text().strip()
+            except OSError as err:
+                raise ConfigError(f"serve.token_file: cannot read {self.token_file} ({err.strerror or err})") \
+                    from None
+            if not value:
+                raise ConfigError(f"serve.token_file: {self.token_file} is empty")
+            return value
+        return os.environ.get(TOKEN_ENV) or None
+
+
+CAMERA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """One source as a ``[[sources]]`` table (or an API request): its URL, the id that names its outputs, topics
+    and page tile (default: from the URL), and zones / lines that replace ``[events]``'s for this camera only."""
+
+    url: str = field(repr=False)  # may hold credentials
+    id: str | None = None
+    zones: tuple[ZoneConfig, ...] | None = None
+    lines: tuple[LineConfig, ...] | None = None
+
+    def __post_init__(self):
+        text("sources.url", self.url)
+        if self.id is not None and not (isinstance(self.id, str) and CAMERA_ID.fullmatch(self.id)):
+            raise bad("sources.id", "1-64 letters, digits, '.', '_' or '-', not starting with '.', '_' or '-'",
+                      self.id)
+
+    def events(self, base: EventsConfig) -> EventsConfig:
+        """``base`` with this camera's own zones and lines in place of the shared ones."""
+        changes = {key: value for key, value in (("zones", self.zones), ("lines", self.lines)) if value is not None}
+        return dataclasses.replace(base, **changes) if changes else base
+
+
 @dataclass(frozen=True)
 class TrackerOptions:
     """``[tracker]``: ``enabled`` plus the tracker's own settings (every field of :class:`TrackerConfig`). Without
@@ -274,6 +347,9 @@ class PipelineConfig:
     live: LiveOptions = field(default_factory=LiveOptions)
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
     mqtt: MqttOptions = field(default_factory=MqttOptions)
+    serve: ServeOptions = field(default_factory=ServeOptions)
+    cameras: tuple[CameraSpec, ...] = ()
+    """The sources given as tables (``[[sources]]``), in their order; ``sources`` holds their URLs too."""
 
     def __post_init__(self):
         object.__setattr__(self, "sources", names("sources", self.sources))
@@ -288,7 +364,44 @@ class PipelineConfig:
 
 
 SECTIONS = {"source": SourceOptions, "model": ModelOptions, "graph": GraphOptions, "sinks": SinkOptions,
-            "live": LiveOptions, "cluster": ClusterOptions, "mqtt": MqttOptions}
+            "live": LiveOptions, "cluster": ClusterOptions, "mqtt": MqttOptions, "serve": ServeOptions}
+
+
+def camera_specs(config: PipelineConfig) -> list[CameraSpec]:
+    """Every source as a :class:`CameraSpec` (plain URLs have no id and the shared rules)."""
+    tables = {spec.url: spec for spec in config.cameras}
+    return [tables.get(url) or CameraSpec(url) for url in config.sources]
+
+
+def config_for_camera(config: PipelineConfig, spec: CameraSpec) -> PipelineConfig:
+    """The pipeline as one camera runs it: its own zones and lines (checked like the file's)."""
+    events = spec.events(config.events)
+    if events is config.events:
+        return config
+    try:
+        return dataclasses.replace(config, events=events)
+    except ConfigError as err:
+        raise ConfigError(f"camera {spec.id or spec.url}: {err}") from None
+
+
+def build_camera_spec(table: Mapping[str, Any], origin: str = "camera") -> CameraSpec:
+    """A ``[[sources]]`` table (or an API body) as a checked :class:`CameraSpec`; one-line errors."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{origin}: a camera is a table with url (and id, zones, lines), got {table!r}")
+    known = ("url", "id", "zones", "lines")
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key 'sources.{unknown[0]}' (known: {', '.join(known)})")
+    if "url" not in table:
+        raise ConfigError(f"{origin}: a camera needs a url")
+    values: dict[str, Any] = {"url": table["url"], "id": table.get("id")}
+    for key in ("zones", "lines"):
+        if key in table:
+            values[key] = _build_events({key: table[key]}, origin).__getattribute__(key)
+    try:
+        return CameraSpec(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{origin}: {err}") from None
 
 
 def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
@@ -304,7 +417,10 @@ def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     # Relative paths in a pipeline file are relative to the file, like includes in any config format: the file
     # means the same from any working folder. Paths given on the command line (overrides) stay relative to it.
     if "sources" in raw and isinstance(raw["sources"], list):
-        raw["sources"] = [s if not isinstance(s, str) or "://" in s or Path(s).is_absolute() else str(base / s)
+        def beside(s):
+            return s if not isinstance(s, str) or "://" in s or Path(s).is_absolute() else str(base / s)
+
+        raw["sources"] = [{**s, "url": beside(s.get("url"))} if isinstance(s, dict) else beside(s)
                           for s in raw["sources"]]
     if isinstance(raw.get("output_dir"), str):
         raw["output_dir"] = str(base / raw["output_dir"])
@@ -328,9 +444,21 @@ def build_config(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = N
         else:
             merged[key] = value
     top_fields = typing.get_type_hints(PipelineConfig)
+    del top_fields["cameras"]  # built from [[sources]] tables, not a key of its own
     unknown = sorted(set(merged) - set(top_fields))
     if unknown:
         raise ConfigError(f"{origin}: unknown key {unknown[0]!r} (known: {', '.join(top_fields)})")
+    sources = merged.get("sources")
+    if isinstance(sources, (list, tuple)) and any(isinstance(item, Mapping) for item in sources):
+        cameras = tuple(build_camera_spec(item, f"{origin}: sources[{i}]") if isinstance(item, Mapping)
+                        else CameraSpec(str(item)) for i, item in enumerate(sources))
+        ids = [c.id for c in cameras if c.id is not None]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ConfigError(f"{origin}: sources: id {repeated[0]!r} is given to two cameras")
+        merged["sources"] = [camera.url for camera in cameras]
+        merged["cameras"] = tuple(c for c in cameras if c.id is not None or c.zones is not None
+                                  or c.lines is not None)
     values: dict[str, Any] = {}
     for name, value in merged.items():
         if name in SECTIONS or name in ("tracker", "events"):
@@ -344,6 +472,8 @@ def build_config(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = N
                 values[name] = _build_section(MqttOptions, {"enabled": True, **value}, name, origin)
             else:
                 values[name] = _build_section(SECTIONS[name], value, name, origin)
+        elif name == "cameras":
+            values[name] = value
         else:
             values[name] = _coerce(value, top_fields[name])
     try:

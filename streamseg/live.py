@@ -22,6 +22,10 @@ memory stays flat for weeks.
 was restarted, :mod:`streamseg.cluster.cameras`): the JSONL and CSV files are appended to (a torn last line cut
 off first), and frame indices and stream time go on after the last written frame (:func:`resume_point`), so the
 files never hold a frame index twice. Track ids start again: the tracker's state was in the lost process.
+
+``LiveRunner(keep_running=True)`` is the always-on form (``streamseg serve``, :mod:`streamseg.service`): the run
+lasts until :meth:`LiveRunner.stop` even while no camera is up, every camera is retried forever (at start too), and
+:meth:`LiveRunner.add_stream` / :meth:`LiveRunner.remove_stream` change the cameras while the others run on.
 """
 
 from __future__ import annotations
@@ -76,6 +80,26 @@ class StreamRun:
     ready: bool = False
     """Outputs built: the model takes this stream's frames (a camera that was down at start is not ready yet)."""
     gave_up: bool = False
+    config: PipelineConfig | None = None
+    """The pipeline as this stream runs it (its own zones and lines; default: the runner's)."""
+    stack: ExitStack = field(default_factory=ExitStack)
+    """This stream's source, taps, status file and outputs, closed together when it ends or is removed."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while its results are analyzed or written, and while it is closed (removal from another thread)."""
+    closed: bool = False
+    removed: threading.Event = field(default_factory=threading.Event)
+    created: float = field(default_factory=time.time)
+    """Wall time it was added: frames captured before belong to an earlier stream of the same id."""
+    connector: threading.Thread | None = None
+    due: float = 0.0
+    """Wall clock before which it is not processed again (``source.target_fps``)."""
+    count: int = 0
+    """Frames taken for the model (``model.detect_interval`` counts them)."""
+
+    def __eq__(self, other) -> bool:  # identity: two runs of one camera id are different streams
+        return self is other
+
+    __hash__ = object.__hash__
 
 
 @dataclass
@@ -102,12 +126,21 @@ class LiveRunner(ModelRunner):
     """
 
     def __init__(self, config: PipelineConfig, backend: Backend | None = None, *,
-                 on_result: Callable[[FrameResult, float], None] | None = None, resume: bool = False):
+                 on_result: Callable[[FrameResult, float], None] | None = None, resume: bool = False,
+                 keep_running: bool = False, on_status: Callable[[StreamRun, StreamStatus], None] | None = None):
         super().__init__(config, backend)
         self.on_result = on_result
         """Called from the write stage with each result and its capture-to-result latency (benches, tests)."""
+        self.on_status = on_status
+        """Called with each stream's status changes (``stream_up`` / ``stream_down`` / ``stream_failed``)."""
         self.resume = resume
         """Continue each stream's existing outputs (see the module docstring) instead of replacing them."""
+        self.keep_running = keep_running
+        """Always on (see the module docstring): run until stopped, retry every camera forever."""
+        self.metrics: LiveMetrics | None = None
+        self._wakeup = threading.Event()
+        self._out_dir: Path | None = None
+        self._streams_lock = threading.Lock()  # add/remove; readers take self._streams (replaced, never mutated)
         self.metrics_server: MetricsServer | None = None
         self._pipeline: Pipeline | None = None
         self._stopping = threading.Event()
@@ -134,22 +167,26 @@ class LiveRunner(ModelRunner):
             pipeline.stop(drain=drain and not again)
 
     def run(self, uris: Sequence[str], *, handle_signals: bool = False,
-            source_ids: Sequence[str] | None = None) -> LiveRun:
-        """Connect to every stream (concurrently), then process until stopped or every stream has ended.
-        ``source_ids``: the streams' ids (default: :func:`~streamseg.sources.live_source_id` of each URL)."""
+            source_ids: Sequence[str] | None = None, configs: Sequence[PipelineConfig] | None = None) -> LiveRun:
+        """Connect to every stream (concurrently), then process until stopped or every stream has ended
+        (``keep_running``: until stopped). ``source_ids``: the streams' ids (default:
+        :func:`~streamseg.sources.live_source_id` of each URL); ``configs``: each stream's own pipeline (its zones
+        and lines; default: the runner's)."""
         cfg = self.config
-        out_dir = Path(cfg.output_dir)
+        out_dir = self._out_dir = Path(cfg.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self._stopping.clear()
-        wakeup = threading.Event()
+        wakeup = self._wakeup
         if source_ids is not None and len(source_ids) != len(uris):
             raise ValueError("source_ids: one per URL")
+        if configs is not None and len(configs) != len(uris):
+            raise ValueError("configs: one per URL")
         with ExitStack() as stack:
-            streams = self._open_streams(uris, wakeup, out_dir, stack, source_ids)
-            self._streams = streams
+            stack.callback(self._close_streams)
+            streams = self._open_streams(uris, wakeup, out_dir, stack, source_ids, configs)
             run = LiveRun(streams)
-            metrics = LiveMetrics(lambda: {sid: _sample(s.source) for sid, s in streams.items()},
-                                  lambda: self._stage_samples())
+            metrics = self.metrics = LiveMetrics(lambda: {sid: _sample(s.source) for sid, s in self._streams.items()},
+                                                 lambda: self._stage_samples(), self.shared)
             if cfg.live.metrics_port is not None:
                 host, port = cfg.live.metrics_host, cfg.live.metrics_port
                 try:
@@ -162,12 +199,11 @@ class LiveRunner(ModelRunner):
                     log.warning("metrics_exposed host=%s: /metrics and /healthz are reachable from the network",
                                 host)
                 log.info("metrics: %s/metrics and %s/healthz", self.metrics_server.url, self.metrics_server.url)
-            batch = len(streams) if cfg.live.cross_stream_batching else 1
             q = cfg.graph.queue_size
             self._pipeline = Pipeline([
-                Node("detect", self._detect_stage(list(streams.values()), wakeup, batch)),
-                Node("analyze", self._analyze_stage(streams, metrics), q, "block"),
-                Node("write", self._write_stage(streams, metrics, run), q, "block"),
+                Node("detect", self._detect_stage(wakeup)),
+                Node("analyze", self._analyze_stage(metrics), q, "block"),
+                Node("write", self._write_stage(metrics, run), q, "block"),
             ])
             self.ready.set()
             try:
@@ -179,7 +215,8 @@ class LiveRunner(ModelRunner):
                     run.stopped = self._stopping.is_set()
                     self._stopping.set()  # ends background connection attempts before the sources close
                 self.ready.clear()
-        for stream in streams.values():
+            run.streams = dict(self._streams)
+        for stream in run.streams.values():
             if stream.failed is None and stream.source.failure is not None:
                 stream.failed = str(stream.source.failure)
         return run
@@ -187,65 +224,37 @@ class LiveRunner(ModelRunner):
     # -- set-up -----------------------------------------------------------------------------------------------------
 
     def _open_streams(self, uris: Sequence[str], wakeup: threading.Event, out_dir: Path,
-                      stack: ExitStack, source_ids: Sequence[str] | None = None) -> dict[str, StreamRun]:
-        live = self.config.live
+                      stack: ExitStack, source_ids: Sequence[str] | None = None,
+                      configs: Sequence[PipelineConfig] | None = None) -> dict[str, StreamRun]:
         if self.config.source.stride != 1:
             raise ConfigError("source.stride: live streams keep the freshest frame; use source.target_fps "
                               "(--target-fps) to process fewer frames per second")
-        streams: dict[str, StreamRun] = {}
-        sources: list[tuple[StreamRun, LiveSource]] = []
         self._used_ids.clear()  # ids name this run's outputs
+        streams: dict[str, StreamRun] = {}
+        self._streams = streams  # (filled before the graph runs: nobody else reads it yet)
         for k, uri in enumerate(uris):
             sid = self.unique_id(source_ids[k] if source_ids is not None else live_source_id(uri))
-            first_index, first_time = resume_point(out_dir, sid) if self.resume else (0, 0.0)
-            if first_index:
-                log.info("stream_resumed source=%s frame=%d time=%.3f", sid, first_index, first_time)
-            holder: dict = {}
-            taps = []
-            if live.segment_minutes:
-                taps.append(SegmentRecorder(out_dir / sid / "segments", sid, live.segment_minutes * 60,
-                                            keep=live.keep_segments))
-            clipper = EventClipper(out_dir / sid / "clips", sid, live.clip_pre, live.clip_post) if live.clips \
-                else None
-            if clipper is not None:
-                taps.append(clipper)
-            source = LiveSource(
-                uri, source_id=sid, transport=live.transport, connect_timeout=live.connect_timeout,
-                read_timeout=live.read_timeout, connect_attempts=live.connect_attempts,
-                reconnect=Reconnect(live.reconnect_initial, live.reconnect_max, max_attempts=live.max_attempts),
-                buffer=live.buffer, on_status=lambda status, h=holder: self._on_status(h["run"], status),
-                taps=taps, wakeup=wakeup, max_frames=self.config.source.max_frames, first_index=first_index,
-                first_time=first_time,
-            )
-            stream = StreamRun(sid, source, clipper=clipper)
-            holder["run"] = stream
-            streams[sid] = stream
-            sources.append((stream, source))
-            for tap in taps:
-                stack.callback(tap.close)
-            stream.outputs["streams"] = out_dir / f"{sid}.streams.jsonl"
-            stream.status_file = stack.enter_context(open(stream.outputs["streams"], "a", encoding="utf-8"))
-            if live.segment_minutes:
-                stream.outputs["segments"] = out_dir / sid / "segments"
-            if clipper is not None:
-                stream.outputs["clips"] = out_dir / sid / "clips"
+            streams[sid] = self._new_stream(uri, sid, configs[k] if configs is not None else self.config, out_dir)
+        stack.callback(self._stopping.set)  # ends background connection attempts, also when the run fails to start
+        if self.keep_running:  # always on: every camera connects in the background, retried forever
+            for stream in streams.values():
+                self._connect_later(stream, out_dir, at_once=True)
+            return streams
         # Connect concurrently: startup takes as long as the slowest camera, not the sum of them.
-        with ThreadPoolExecutor(max_workers=len(sources)) as pool:
-            futures = [pool.submit(source.open) for _, source in sources]
-            errors: dict[str, BaseException] = {}
-            for (stream, source), future in zip(sources, futures):
+        errors: dict[str, BaseException] = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(streams))) as pool:
+            futures = {sid: pool.submit(stream.source.open) for sid, stream in streams.items()}
+            for sid, future in futures.items():
                 try:
                     future.result()
                 except SourceError as err:  # reported below, after every source was tried
-                    errors[stream.source_id] = err
-                stack.callback(source.close)  # LIFO: sources close before the sinks that receive their packets
+                    errors[sid] = err
         if errors and len(errors) == len(streams):  # nothing to run: a one-line error
             first = next(iter(errors.values()))
             raise first if isinstance(first, StreamsegError) else SourceError(redact(str(first)))
-        late = []
         for stream in streams.values():
             if stream.source_id not in errors:
-                self._build_outputs(stream, stream.source.info.width, stream.source.info.height, out_dir, stack)
+                self._build_outputs(stream, stream.source.info.width, stream.source.info.height, out_dir)
                 stream.ready = True
                 continue
             # One camera is off at start: the others run, this one keeps being tried in the background.
@@ -253,30 +262,73 @@ class LiveRunner(ModelRunner):
             log.error("stream_connect_failed source=%s reason=%s (retrying in the background)",
                       stream.source_id, reason)
             self._on_status(stream, StreamStatus("stream_down", stream.source_id, time.time(), reason=reason,
-                                                 attempts=live.connect_attempts))
-            thread = threading.Thread(target=self._open_later, args=(stream, out_dir, stack),
-                                      name=f"streamseg:connect:{stream.source_id}", daemon=True)
-            thread.start()
-            late.append(thread)
-        if late:
-            # runs before the sources are closed (LIFO), once the run has ended (self._stopping is set then)
-            stack.callback(lambda: [thread.join() for thread in late])
-            stack.callback(self._stopping.set)  # also when the run fails before it starts
+                                                 attempts=self.config.live.connect_attempts))
+            self._connect_later(stream, out_dir)
         return streams
 
-    def _open_later(self, stream: StreamRun, out_dir: Path, stack: ExitStack) -> None:
-        """Keep trying to open a stream that was down at start; build its outputs once it is up."""
+    def _new_stream(self, uri: str, sid: str, config: PipelineConfig, out_dir: Path) -> StreamRun:
+        """A stream with its source, taps and status file (not connected yet)."""
+        live = self.config.live
+        first_index, first_time = resume_point(out_dir, sid) if self.resume else (0, 0.0)
+        if first_index:
+            log.info("stream_resumed source=%s frame=%d time=%.3f", sid, first_index, first_time)
+        holder: dict = {}
+        taps = []
+        with ExitStack() as stack:
+            if live.segment_minutes:
+                taps.append(SegmentRecorder(out_dir / sid / "segments", sid, live.segment_minutes * 60,
+                                            keep=live.keep_segments))
+                stack.callback(taps[-1].close)
+            clipper = EventClipper(out_dir / sid / "clips", sid, live.clip_pre, live.clip_post) if live.clips \
+                else None
+            if clipper is not None:
+                taps.append(clipper)
+                stack.callback(clipper.close)
+            status_path = out_dir / f"{sid}.streams.jsonl"
+            status_file = stack.enter_context(open(status_path, "a", encoding="utf-8"))
+            attempts = 1 if self.keep_running else live.connect_attempts  # always on: the connector loops
+            source = LiveSource(
+                uri, source_id=sid, transport=live.transport, connect_timeout=live.connect_timeout,
+                read_timeout=live.read_timeout, connect_attempts=attempts,
+                reconnect=Reconnect(live.reconnect_initial, live.reconnect_max,
+                                    max_attempts=None if self.keep_running else live.max_attempts),
+                buffer=live.buffer, on_status=lambda status, h=holder: self._on_status(h["run"], status),
+                taps=taps, wakeup=self._wakeup, max_frames=self.config.source.max_frames, first_index=first_index,
+                first_time=first_time,
+            )
+            stack.callback(source.close)  # LIFO: the source closes before the taps that receive its packets
+            stream = StreamRun(sid, source, clipper=clipper, config=config, status_file=status_file,
+                               stack=stack.pop_all())
+        holder["run"] = stream
+        stream.outputs["streams"] = status_path
+        if live.segment_minutes:
+            stream.outputs["segments"] = out_dir / sid / "segments"
+        if clipper is not None:
+            stream.outputs["clips"] = out_dir / sid / "clips"
+        return stream
+
+    def _connect_later(self, stream: StreamRun, out_dir: Path, at_once: bool = False) -> None:
+        stream.connector = threading.Thread(target=self._open_later, args=(stream, out_dir, at_once),
+                                            name=f"streamseg:connect:{stream.source_id}", daemon=True)
+        stream.connector.start()
+
+    def _open_later(self, stream: StreamRun, out_dir: Path, at_once: bool = False) -> None:
+        """Keep trying to open a stream that is not up yet; build its outputs once it is."""
         source, rng = stream.source, random.Random()
         attempt = 0
         while True:
             attempt += 1
-            if self._stopping.wait(source.reconnect.delay(attempt, rng)):
+            delay = 0.0 if at_once and attempt == 1 else source.reconnect.delay(attempt, rng)
+            if self._stopping.wait(delay) or stream.removed.is_set():
                 return
             try:
                 source.open()
             except SourceError as err:
                 reason = redact(str(err), source.secrets)
                 log.info("stream_connect_failed source=%s attempt=%d reason=%s", stream.source_id, attempt, reason)
+                if attempt == 1 and at_once:
+                    self._on_status(stream, StreamStatus("stream_down", stream.source_id, time.time(),
+                                                         reason=reason, attempts=attempt))
                 if source.reconnect.max_attempts is not None and attempt >= source.reconnect.max_attempts:
                     stream.failed = f"never connected: {reason}"
                     stream.gave_up = True
@@ -284,55 +336,106 @@ class LiveRunner(ModelRunner):
                                                          reason=reason, attempts=attempt))
                     return
                 continue
-            with self._late_lock:
-                if self._stopping.is_set():
-                    return  # the run is over; the source is closed with the others
+            with self._late_lock, stream.lock:
+                if self._stopping.is_set() or stream.closed or stream.removed.is_set():
+                    return  # the run is over or the stream removed; its source is closed with it
                 info = source.info
-                self._build_outputs(stream, info.width, info.height, out_dir, stack)
+                self._build_outputs(stream, info.width, info.height, out_dir)
                 stream.ready = True
+            self._wakeup.set()
             return
 
-    def _build_outputs(self, stream: StreamRun, width: int, height: int, out_dir: Path, stack: ExitStack) -> None:
+    # -- changing the streams of a running always-on run ----------------------------------------------------------
+
+    def add_stream(self, uri: str, source_id: str | None = None, config: PipelineConfig | None = None) -> StreamRun:
+        """Add a camera to the running run (it connects in the background, retried like the others); the other
+        streams go on undisturbed. ``source_id`` must not be in use."""
+        if self._out_dir is None or self._stopping.is_set():
+            raise RuntimeError("add_stream: the run is not running")
+        sid = source_id or live_source_id(uri)
+        with self._streams_lock:
+            if sid in self._streams:
+                raise ValueError(f"a stream named {sid!r} is running")
+            self._used_ids.add(sid)
+            stream = self._new_stream(uri, sid, config or self.config, self._out_dir)
+            self._streams = {**self._streams, sid: stream}
+        self._connect_later(stream, self._out_dir, at_once=True)
+        return stream
+
+    def remove_stream(self, source_id: str) -> StreamRun:
+        """Take a camera out of the running run: its outputs are finalized (video, files), the others go on.
+        KeyError if there is no such stream."""
+        with self._streams_lock:
+            stream = self._streams[source_id]
+            self._streams = {sid: s for sid, s in self._streams.items() if sid != source_id}
+            self._used_ids.discard(source_id)
+        self._close_stream(stream)
+        return stream
+
+    def _close_stream(self, stream: StreamRun) -> None:
+        stream.removed.set()
+        stream.source.close()  # interrupts a connection attempt or a reconnect wait
+        if stream.connector is not None and stream.connector is not threading.current_thread():
+            stream.connector.join()
+        with stream.lock:  # results of it in flight in the graph are dropped from now on
+            if stream.closed:
+                return
+            stream.closed = True
+            stream.ready = False
+            stream.stack.close()  # source (again: anything a late connection opened), outputs, status file, taps
+
+    def _close_streams(self) -> None:
+        """The end of a run: every stream closed (each one's outputs finalized, whatever the others do)."""
+        self._stopping.set()
+        for stream in list(self._streams.values()):
+            try:
+                self._close_stream(stream)
+            except Exception as err:  # noqa: BLE001 - one stream's failure to close must not keep others open
+                log.error("stream_close_failed source=%s error=%s", stream.source_id,
+                          redact(str(err), stream.source.secrets))
+
+    def _build_outputs(self, stream: StreamRun, width: int, height: int, out_dir: Path) -> None:
         stream.size = (width, height)
         with appending(self.resume):  # in this thread only: what StreamProcessor opens continues the files
-            processor = StreamProcessor(self.config, stream.source.info, self.backend.class_names, out_dir, live=True,
-                                        source_id=stream.source_id)
-        stream.processor = stack.enter_context(processor)
+            processor = StreamProcessor(stream.config or self.config, stream.source.info, self.backend.class_names,
+                                        out_dir, live=True, source_id=stream.source_id, shared=self.shared)
+        stream.processor = stream.stack.enter_context(processor)
         stream.outputs.update(stream.processor.outputs)
 
     # -- stages -----------------------------------------------------------------------------------------------------
 
-    def _detect_stage(self, streams: list[StreamRun], wakeup: threading.Event, batch_size: int):
+    def _detect_stage(self, wakeup: threading.Event):
         backend, stopping = self.backend, self._stopping
         target_fps = self.config.source.target_fps
         period = 1.0 / target_fps if target_fps else 0.0
-        due = {id(stream): 0.0 for stream in streams}  # wall clock before which a stream is not processed again
-        interval = self.config.model.detect_interval
-        counts = {id(stream): 0 for stream in streams}  # frames processed per stream: the model sees every interval-th
+        interval = self.config.model.detect_interval  # the model sees every interval-th frame of a stream
+        batching = self.config.live.cross_stream_batching
 
         def detect(_) -> Iterator[FrameResult]:
             start = 0
             while not stopping.is_set():
                 wakeup.clear()
+                streams = list(self._streams.values())  # this round's streams (add/remove replace the dict)
+                batch_size = max(1, len(streams)) if batching else 1
                 batch: list[Frame] = []
                 streams_of: list[StreamRun] = []
                 now = time.time()
                 for k in range(len(streams)):  # round robin: every camera gets its turn
                     stream = streams[(start + k) % len(streams)]
-                    if not stream.ready or now < due[id(stream)]:
+                    if not stream.ready or now < stream.due:
                         continue  # source.target_fps: its frames wait, and fresher ones replace them (dropped)
                     frame = stream.source.take_latest()
                     if frame is not None:
-                        due[id(stream)] = now + period * 0.95 if period else 0.0
+                        stream.due = now + period * 0.95 if period else 0.0
                         batch.append(frame)
                         streams_of.append(stream)
                         if len(batch) >= batch_size:
                             start = (start + k + 1) % len(streams)
                             break
                 else:
-                    start = (start + 1) % len(streams)
+                    start = (start + 1) % max(1, len(streams))
                 if not batch:
-                    if all(s.source.finished or s.gave_up for s in streams):
+                    if not self.keep_running and all(s.source.finished or s.gave_up for s in streams):
                         return
                     wakeup.wait(0.05)
                     continue
@@ -341,44 +444,66 @@ class LiveRunner(ModelRunner):
                         yield FrameResult(frame, detections)
                     continue
                 run_model = []
-                for frame, stream in zip(batch, streams_of):
-                    run_model.append(counts[id(stream)] % interval == 0)
-                    counts[id(stream)] += 1
+                for stream in streams_of:
+                    run_model.append(stream.count % interval == 0)
+                    stream.count += 1
                 yield from detect_every(backend, batch, run_model)
 
         return detect
 
-    def _analyze_stage(self, streams: dict[str, StreamRun], metrics: LiveMetrics):
+    def _stream_of(self, result: FrameResult) -> StreamRun | None:
+        """The stream a result belongs to; None when it was removed (or removed and added again) meanwhile."""
+        stream = self._streams.get(result.frame.source_id)
+        if stream is None or result.frame.capture_time < stream.created:
+            return None
+        return stream
+
+    def _analyze_stage(self, metrics: LiveMetrics):
         def analyze(results) -> Iterator[FrameResult]:
             for result in results:
-                stream = streams[result.frame.source_id]
-                frame = result.frame
-                if (frame.width, frame.height) != stream.size:
-                    # a new resolution after a reconnect: identities and zone geometry start again at that size
-                    log.info("stream_resized source=%s size=%dx%d", stream.source_id, frame.width, frame.height)
-                    stream.size = (frame.width, frame.height)
-                    stream.processor.restart(frame.width, frame.height)
-                for ready in stream.processor.analyze(result):  # live: no lookahead, one result out
-                    for event in ready.events:
-                        metrics.event(stream.source_id, event.kind)
-                        if stream.clipper is not None:
-                            stream.clipper.trigger(event.wall_time, f"{event.kind}-{event.region}-{event.track_id}")
-                    yield ready
+                stream = self._stream_of(result)
+                if stream is None:
+                    continue
+                with stream.lock:
+                    if stream.closed:
+                        continue
+                    ready = self._analyze(stream, result, metrics)
+                yield from ready
 
         return analyze
 
-    def _write_stage(self, streams: dict[str, StreamRun], metrics: LiveMetrics, run: LiveRun):
+    def _analyze(self, stream: StreamRun, result: FrameResult, metrics: LiveMetrics) -> list[FrameResult]:
+        frame = result.frame
+        if (frame.width, frame.height) != stream.size:
+            # a new resolution after a reconnect: identities and zone geometry start again at that size
+            log.info("stream_resized source=%s size=%dx%d", stream.source_id, frame.width, frame.height)
+            stream.size = (frame.width, frame.height)
+            stream.processor.restart(frame.width, frame.height)
+        ready = stream.processor.analyze(result)  # live: no lookahead, one result out
+        for item in ready:
+            for event in item.events:
+                metrics.event(stream.source_id, event.kind)
+                if stream.clipper is not None:
+                    stream.clipper.trigger(event.wall_time, f"{event.kind}-{event.region}-{event.track_id}")
+        return ready
+
+    def _write_stage(self, metrics: LiveMetrics, run: LiveRun):
         on_result = self.on_result
 
         def write(results) -> Iterator[FrameResult]:
             for result in results:
-                stream = streams[result.frame.source_id]
-                processor = stream.processor
-                processor.write(result)  # a failing output is logged and dropped there; the others go on
-                if processor.errors:
-                    stream.failed = redact(error_line(processor.errors), stream.source.secrets)
+                stream = self._stream_of(result)
+                if stream is None:
+                    continue
+                with stream.lock:
+                    if stream.closed:
+                        continue
+                    processor = stream.processor
+                    processor.write(result)  # a failing output is logged and dropped there; the others go on
+                    if processor.errors:
+                        stream.failed = redact(error_line(processor.errors), stream.source.secrets)
+                    stream.processed += 1
                 latency = time.time() - result.frame.capture_time
-                stream.processed += 1
                 metrics.result(stream.source_id, latency)
                 run.latencies.append(latency)
                 if len(run.latencies) > 100_000:
@@ -398,6 +523,10 @@ class LiveRunner(ModelRunner):
                 del stream.statuses[:500]
             stream.status_file.write(json.dumps(status.record()) + "\n")
             stream.status_file.flush()
+            if stream.processor is not None and status.kind in ("stream_up", "stream_down"):
+                stream.processor.stream_state(status.kind == "stream_up")  # MQTT's retained state follows
+        if self.on_status is not None:
+            self.on_status(stream, status)
         event_log.info("%s %s%s", status.kind, status.source_id, f" ({status.reason})" if status.reason else "")
 
     def _health(self) -> tuple[bool, dict]:

@@ -122,7 +122,8 @@ class Runner(ModelRunner):
             earlier = [path for path in earlier if path.exists()]
             images = source.names if info.is_image_sequence else None  # each frame's file, as outputs name it
             stream = stack.enter_context(StreamProcessor(cfg, info, self.backend.class_names, out_dir,
-                                                         images=images, source_id=run.source_id))
+                                                         images=images, source_id=run.source_id,
+                                                         shared=self.shared))
             run.outputs = stream.outputs
             if not run.outputs and stream.engine is None:  # (event rules still log their events)
                 raise ConfigError(f"{run.source_id}: nothing to write: every output for this source is switched off "

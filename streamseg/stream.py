@@ -42,10 +42,9 @@ from streamseg.sinks import (Annotator, CocoResultsSink, DetectionsJsonlSink, Ev
                              VideoSink, ZoneCountsCsvSink)
 from streamseg.sinks.recording import RollingVideoSink
 from streamseg.sinks.event_store import EventStoreSink
-from streamseg.sinks.event_store import acquire as acquire_event_store
-from streamseg.sinks.event_store import release as release_event_store
 from streamseg.sinks.event_store import store_path as event_store_path
-from streamseg.sinks import mqtt
+from streamseg.sinks.mqtt import MqttEventsSink
+from streamseg.sinks.shared import RunOutputs
 from streamseg.tracking import MotRows, Tracker, write_mot
 from streamseg.types import FrameResult, SourceInfo
 
@@ -63,12 +62,14 @@ class StreamProcessor:
     of an endless stream (annotated video in files of ``live.segment_minutes``, no tracks file or summary, which
     would need the whole history) and no lookahead. ``images``: each frame's file name, for image sequences (JSONL
     ``file``, COCO ``image_id``). ``source_id`` names the outputs (default ``info.source_id``). ``log_events``:
-    each event is also a line on the ``streamseg.events`` logger (off for bulk scoring).
+    each event is also a line on the ``streamseg.events`` logger (off for bulk scoring). ``shared``: the run's
+    event store and MQTT publisher, which its other streams write to too (default: this stream's own, closed with
+    it).
     """
 
     def __init__(self, config: PipelineConfig, info: SourceInfo, class_names: Sequence[str],
                  output_dir: str | Path | None, *, live: bool = False, images: Sequence[str] | None = None,
-                 source_id: str | None = None, log_events: bool = True):
+                 source_id: str | None = None, log_events: bool = True, shared: RunOutputs | None = None):
         self.config, self.info, self.live, self.log_events = config, info, live, log_events
         self.source_id = source_id or info.source_id
         self.vocabulary = vocabulary(class_names)
@@ -87,6 +88,10 @@ class StreamProcessor:
         self._pending: deque[FrameResult] = deque()
         self._sinks: list = []
         self._stack = ExitStack()
+        self._state_sinks: list[MqttEventsSink] = []
+        if shared is None and output_dir is not None:
+            shared = self._stack.enter_context(RunOutputs(config))  # closes last, after this stream's sinks
+        self.shared = shared
         if output_dir is not None:
             try:
                 self._open_outputs(Path(output_dir), images)
@@ -128,13 +133,9 @@ class StreamProcessor:
             self._add("events", path, EventsJsonlSink(path, info))
         store = event_store_path(cfg)
         if self.engine is not None and store is not None:  # one file for the run's streams; not in outputs (shared)
-            shared = EventStoreSink(store, sid, retention_days=sinks.event_retention_days, replace=not self.live)
-            self._stack.callback(lambda: shared in self._sinks and self._close_sink(shared))
-            self._sinks.append(shared)
+            self._attach(EventStoreSink(self.shared.event_store(store), sid, replace=not self.live))
         if self.engine is not None and cfg.mqtt.enabled:  # the run's one client (streamseg.sinks.mqtt)
-            publisher = mqtt.MqttEventsSink(cfg.mqtt, sid)
-            self._stack.callback(lambda: publisher in self._sinks and self._close_sink(publisher))
-            self._sinks.append(publisher)
+            self._state_sinks.append(self._attach(MqttEventsSink(self.shared.publisher(), sid)))
         if self.engine is not None and self.engine.zones and sinks.zone_counts:
             path = out_dir / f"{sid}.zone_counts.csv"
             columns = {z.name: z.config.classes or self.vocabulary for z in self.engine.zones}
@@ -147,9 +148,18 @@ class StreamProcessor:
 
     def _add(self, kind: str, path: Path, sink):
         self.outputs[kind] = path
+        return self._attach(sink)
+
+    def _attach(self, sink):
         self._stack.callback(lambda: sink in self._sinks and self._close_sink(sink))
         self._sinks.append(sink)
         return sink
+
+    def stream_state(self, up: bool) -> None:
+        """A live stream went up or down (its reconnects): outputs that publish a state follow."""
+        for sink in self._state_sinks:
+            if sink in self._sinks:
+                sink.state(up)
 
     def _write_tracks(self, path: Path) -> None:
         """The tracker's back-filled history as a MOTChallenge file (frame = source index + 1, bridged gaps
@@ -311,12 +321,8 @@ class ModelRunner:
         log.info("model: %s backend, weights %s", self.backend.name, getattr(self.backend, "origin", "?"))
         warn_unknown_event_classes(config, self.backend.class_names)
         self._used_ids: set[str] = set()
-        self._event_store = event_store_path(config)
-        if self._event_store is not None:  # the run's streams share one event store, open until the runner closes
-            acquire_event_store(self._event_store, open_now=False)
-        self.mqtt = mqtt.acquire(config.mqtt) if config.mqtt.enabled and config.events.enabled else None
-        """The run's MQTT publisher (``delivered``, ``dropped``), shared by its streams; None without [mqtt]."""
-        self._mqtt_held = self.mqtt is not None
+        self.shared = RunOutputs(config)
+        """The event store and MQTT publisher its streams share (``shared.mqtt``: ``delivered``, ``dropped``)."""
 
     def unique_id(self, name: str) -> str:
         """``name``, or ``name-2``, ``name-3``...: two streams of a run with the same name must not write to the
@@ -332,12 +338,7 @@ class ModelRunner:
         try:
             self.backend.close()
         finally:
-            if self._mqtt_held:
-                self._mqtt_held = False
-                mqtt.release(self.config.mqtt)  # the last holder: buffered events sent (or counted as dropped)
-            if self._event_store is not None:
-                store, self._event_store = self._event_store, None
-                release_event_store(store)  # the last holder: every queued event is written
+            self.shared.close()  # after the streams: buffered events sent to MQTT, queued ones stored
 
     def __enter__(self):
         return self
@@ -374,10 +375,10 @@ def annotated_video(config: PipelineConfig, info: SourceInfo, path: Path, engine
     :class:`VideoSink` (a cluster's chunk encoders pass the stream's time origin)."""
     sinks = config.sinks
     return VideoSink(path, info, codec=sinks.codec, preset=sinks.preset, crf=sinks.crf,
-                     annotator=Annotator(overlays=_overlays(engine)), **options)
+                     annotator=Annotator(overlays=overlays_of(engine)), **options)
 
 
-def _overlays(engine: EventEngine | None) -> list[Overlay]:
+def overlays_of(engine: EventEngine | None) -> list[Overlay]:
     """The rules' zones, lines (arrows A -> B: "in" is to their right) and ego lane, for the annotated video."""
     if engine is None:
         return []

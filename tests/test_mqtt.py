@@ -126,7 +126,7 @@ def test_events_of_a_run_arrive_as_the_jsonl_lines(broker, scene_clip, tmp_path,
         assert len(lines) >= 3, "the scene makes events"
         received = sub.wait_for("cams/street/events", len(lines))
         assert received == lines  # the same records, in order
-        assert runner.mqtt.delivered == len(lines) and runner.mqtt.dropped == 0
+        assert runner.shared.mqtt.delivered == len(lines) and runner.shared.mqtt.dropped == 0
         assert sub.wait_for("cams/street/state", 2) == ["up", "down"]
         assert sub.wait_for("cams/availability", 2)[-2:] == ["online", "offline"]
         assert "s3cret-pw" not in caplog.text and f"{len(lines)} events delivered" in caplog.text
@@ -167,7 +167,7 @@ def test_broker_killed_mid_run_and_restarted(broker, scene_clip, tmp_path):
         assert time.monotonic() - started < 30
         assert run.frames_written == SCENE.frames and done == ["kill", "start"]
         lines = run.outputs["events"].read_text().splitlines()
-        publisher = runner.mqtt
+        publisher = runner.shared.mqtt
         assert publisher.published == len(lines)
         assert publisher.delivered + publisher.dropped == len(lines)
         assert publisher.delivered > 0
@@ -211,7 +211,7 @@ def test_a_run_without_a_broker_finishes_and_counts_every_event_dropped(scene_cl
     runner, run = run_scene(scene_clip, tmp_path, {"port": free_port(), "queue_size": 2})
     assert time.monotonic() - started < 20
     lines = run.outputs["events"].read_text().splitlines()
-    assert runner.mqtt.delivered == 0 and runner.mqtt.dropped == len(lines) == runner.mqtt.published > 0
+    assert runner.shared.mqtt.delivered == 0 and runner.shared.mqtt.dropped == len(lines) == runner.shared.mqtt.published > 0
 
 
 def test_bad_mqtt_config_is_one_line_and_never_shows_the_password():

@@ -43,6 +43,7 @@ from streamseg.errors import ConfigError, StreamsegError, output_error
 from streamseg.models.backend import Backend
 from streamseg.pipeline import OUTPUT_SUFFIXES, remove_stale
 from streamseg.sources import open_source
+from streamseg.sinks.shared import RunOutputs
 from streamseg.stream import StreamProcessor, warn_unknown_event_classes
 from streamseg.types import FrameResult, SourceInfo
 
@@ -223,6 +224,7 @@ class _Scheduler:
         self.out_dir = Path(self.config.output_dir)
         self.video = self.config.sinks.video
         self.reused = 0
+        self.shared = RunOutputs(self.config)  # the sources' one event store and MQTT client
 
     def run(self) -> None:
         for source in self.sources:
@@ -303,7 +305,7 @@ class _Scheduler:
             folder = self.work.source_dir(source.source_id) / "outputs"
             folder.mkdir(parents=True, exist_ok=True)
             source.stream = StreamProcessor(config, source.info, self.class_names, folder, images=source.names,
-                                            source_id=source.source_id)
+                                            source_id=source.source_id, shared=self.shared)
             if not source.stream.outputs and source.stream.engine is None and not self.video:
                 raise ConfigError(f"{source.source_id}: nothing to write: every output for this source is switched "
                                   "off ([sinks], --no-video, --no-detections)")
@@ -386,10 +388,13 @@ class _Scheduler:
         source.done = True
 
     def close_streams(self) -> None:
-        for source in self.sources:
-            if source.stream is not None:
-                source.stream.close()
-                source.stream = None
+        try:
+            for source in self.sources:
+                if source.stream is not None:
+                    source.stream.close()
+                    source.stream = None
+        finally:
+            self.shared.close()
 
 
 def _unique(name: str, used: set[str]) -> str:

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -61,11 +61,13 @@ class LiveMetrics:
     scrapes come from the HTTP thread)."""
 
     def __init__(self, streams: Callable[[], dict[str, StreamSample]],
-                 stages: Callable[[], Iterable[tuple[str, int, int]]] = lambda: ()):
-        """``streams()``: stream id -> :class:`StreamSample`; ``stages()``: ``(stage, queue depth, dropped)``."""
+                 stages: Callable[[], Iterable[tuple[str, int, int]]] = lambda: (), shared=None):
+        """``streams()``: stream id -> :class:`StreamSample`; ``stages()``: ``(stage, queue depth, dropped)``;
+        ``shared``: the run's :class:`~streamseg.sinks.shared.RunOutputs` (MQTT and event-store counters)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._streams = streams
         self._stages = stages
+        self._shared = shared
         self._lock = threading.Lock()
         self._counters: dict[str, _StreamCounters] = {}
         self.latency = Histogram("streamseg_capture_to_result_seconds",
@@ -141,6 +143,31 @@ class _Collector:
             depth.add_metric([f"stage:{stage}"], queued)
             stage_dropped.add_metric([stage], lost)
         yield from (up, fps, received, processed, dropped, reconnects, events, depth, stage_dropped)
+        yield from _shared_outputs(m._shared)
+
+
+def _shared_outputs(shared) -> Iterator:
+    """Every event is delivered to MQTT or counted dropped, and stored or counted dropped: the counters that
+    show it."""
+    if shared is None:
+        return
+    publisher = shared.mqtt
+    if publisher is not None:
+        for name, value, text in (("published", publisher.published, "Events handed to the MQTT client"),
+                                  ("delivered", publisher.delivered, "Events the broker received"),
+                                  ("dropped", publisher.dropped, "Events dropped: buffer full while the broker "
+                                                                 "was away, or undelivered at the end")):
+            family = CounterMetricFamily(f"streamseg_mqtt_events_{name}", text)
+            family.add_metric([], value)
+            yield family
+    stores = shared.stores
+    if stores:
+        written = CounterMetricFamily("streamseg_event_store_written", "Events committed to the event store")
+        lost = CounterMetricFamily("streamseg_event_store_dropped", "Events not stored: the writer's queue was full")
+        written.add_metric([], sum(store.written for store in stores))
+        lost.add_metric([], sum(store.dropped for store in stores))
+        yield written
+        yield lost
 
 
 class MetricsServer:

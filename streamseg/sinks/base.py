@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -145,40 +144,3 @@ def _after_newline(file, end: int) -> int:
             return pos - step + newline + 1
         pos -= step
     return 0
-
-
-class SharedByRun:
-    """Objects that a run's streams share (one event store per file, one MQTT client per broker), counted by
-    holders and closed by the last one to let go. The one place that does that counting, for every such output."""
-
-    def __init__(self):
-        self._entries: dict = {}  # key -> [object or None (not opened yet), holders]
-        self._lock = threading.Lock()
-
-    def hold(self, key, make: Callable[[], object], *, open_now: bool = True):
-        """The object of ``key`` (made by the first holder that opens it); ``open_now`` False only keeps it for
-        later holders without making it."""
-        with self._lock:
-            entry = self._entries.setdefault(key, [None, 0])
-            if open_now and entry[0] is None:
-                try:
-                    entry[0] = make()
-                except BaseException:
-                    if entry[1] == 0:
-                        del self._entries[key]
-                    raise
-            entry[1] += 1
-            return entry[0]
-
-    def release(self, key) -> None:
-        """Let go of a hold; the last one closes the object."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return
-            entry[1] -= 1
-            if entry[1] > 0:
-                return
-            del self._entries[key]
-        if entry[0] is not None:
-            entry[0].close()

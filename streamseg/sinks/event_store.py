@@ -1,9 +1,8 @@
 """The event store: every event of a run also in one SQLite file (``sinks.event_store``, default
 ``<output_dir>/events.db``), searchable by camera, kind and time (``streamseg events query``).
 
-One :class:`EventStore` per file and process, shared by every stream of a run (:func:`acquire` / :func:`release`,
-reference counted: the runner holds it for the whole run, each stream while its outputs are open); it closes,
-with every queued event written, when the last holder lets go. The pipeline never waits for the disk: events go
+One :class:`EventStore` per file, shared by every stream of a run (:class:`~streamseg.sinks.shared.RunOutputs`,
+owned by the runner, which closes it, with every queued event written, after its streams). The pipeline never waits for the disk: events go
 into a bounded queue (``EventStore.queue_size``; when it is full, events are dropped for the store and counted in
 :attr:`EventStore.dropped`) and ONE writer thread inserts them. The file is in WAL mode and the writer commits
 every batch it takes from the queue (at least every ``commit_interval`` seconds while events come), so a crash or a
@@ -35,11 +34,11 @@ from pathlib import Path
 from typing import IO, Iterator, Sequence
 
 from streamseg.errors import StreamsegError
-from streamseg.sinks.base import SharedByRun, Sink
+from streamseg.sinks.base import Sink
 from streamseg.sinks.events import event_record
 from streamseg.types import FrameResult
 
-__all__ = ["EventStore", "EventStoreSink", "acquire", "release", "store_path", "query_events", "parse_time",
+__all__ = ["EventStore", "EventStoreSink", "store_path", "query_events", "parse_time",
            "write_events", "CSV_COLUMNS"]
 
 log = logging.getLogger(__name__)
@@ -246,28 +245,6 @@ def _row(record: dict) -> tuple:
             record["region"], line)
 
 
-# -- one store per file, shared by the streams of a run ---------------------------------------------------------------
-
-_shared = SharedByRun()
-
-
-def _key(path: str | os.PathLike) -> Path:
-    return Path(os.path.abspath(path))
-
-
-def acquire(path: str | os.PathLike, *, retention_days: float | None = None, open_now: bool = True) \
-        -> EventStore | None:
-    """Hold the store of ``path`` (opened by the first holder that needs it). ``open_now`` False: only keep it
-    open for later holders (a runner across its sources) without creating the file."""
-    key = _key(path)
-    return _shared.hold(key, lambda: EventStore(key, retention_days=retention_days), open_now=open_now)
-
-
-def release(path: str | os.PathLike) -> None:
-    """Let go of a hold; the last one closes the store (every queued event written)."""
-    _shared.release(_key(path))
-
-
 def store_path(config) -> Path | None:
     """Where a pipeline's events are stored (None: no store: ``sinks.event_store`` off or no event rules)."""
     sinks = config.sinks
@@ -277,14 +254,13 @@ def store_path(config) -> Path | None:
 
 
 class EventStoreSink(Sink):
-    """One stream's events into the shared store of ``path`` (see :func:`acquire`). ``replace``: first delete
-    what an earlier run stored for ``source_id`` (file runs)."""
+    """One stream's events into a run's shared ``store`` (closing the sink leaves the store open: the run owns
+    it). ``replace``: first delete what an earlier run stored for ``source_id`` (file runs)."""
 
-    def __init__(self, path: str | os.PathLike, source_id: str, *, retention_days: float | None = None,
-                 replace: bool = False):
-        self.path = Path(path)
+    def __init__(self, store: EventStore, source_id: str, *, replace: bool = False):
+        self.path = store.path
         self.source_id = source_id
-        self._store = acquire(self.path, retention_days=retention_days)
+        self._store = store
         self._open = True
         if replace:
             self._store.forget(source_id)
@@ -296,9 +272,7 @@ class EventStoreSink(Sink):
             self._store.add(event_record(event))
 
     def close(self) -> None:
-        if self._open:
-            self._open = False
-            release(self.path)
+        self._open = False
 
 
 # -- reading ----------------------------------------------------------------------------------------------------------

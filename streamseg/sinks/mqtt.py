@@ -10,8 +10,8 @@ Topics (``prefix`` from the config, ``camera`` the stream's source id with ``/``
                                  client's last will when the process dies or loses the broker
 ===============================  =====================================================================================
 
-One :class:`MqttPublisher` (one client, one connection) serves every stream of a run (:func:`acquire` /
-:func:`release`, held by :class:`~streamseg.stream.ModelRunner` and each stream). Writing a result never waits for
+One :class:`MqttPublisher` (one client, one connection) serves every stream of a run
+(:class:`~streamseg.sinks.shared.RunOutputs`, owned by the runner, which closes it after its streams). Writing a result never waits for
 the network: messages go into a bounded buffer (``queue_size``; when full, the oldest is dropped and counted in
 :attr:`MqttPublisher.dropped`) that a sender thread hands to paho while connected. paho's network thread reconnects
 with backoff (1 s doubling to 30 s) while the broker is down. At the end of a run the publisher waits up to
@@ -31,11 +31,11 @@ import time
 from collections import deque
 
 from streamseg.errors import ConfigError
-from streamseg.sinks.base import SharedByRun, Sink
+from streamseg.sinks.base import Sink
 from streamseg.sinks.events import event_record
 from streamseg.types import FrameResult
 
-__all__ = ["FLUSH_SECONDS", "MqttPublisher", "MqttEventsSink", "acquire", "release", "topic_name"]
+__all__ = ["FLUSH_SECONDS", "MqttPublisher", "MqttEventsSink", "topic_name"]
 
 log = logging.getLogger(__name__)
 
@@ -203,27 +203,15 @@ class MqttPublisher:
                  self.options.port, self.dropped)
 
 
-_shared = SharedByRun()
-
-
-def acquire(options) -> MqttPublisher:
-    """The run's publisher for ``options`` (started by the first holder)."""
-    return _shared.hold(options, lambda: MqttPublisher(options))
-
-
-def release(options) -> None:
-    """Let go of a hold; the last one closes the publisher (see :meth:`MqttPublisher.close`)."""
-    _shared.release(options)
-
-
 class MqttEventsSink(Sink):
-    """One stream's events (and its state) through the run's publisher."""
+    """One stream's events and its retained ``up``/``down`` state through the run's ``publisher`` (closing the
+    sink publishes ``down`` and leaves the publisher open: the run owns it)."""
 
-    def __init__(self, options, source_id: str):
-        self.options = options
+    def __init__(self, publisher: MqttPublisher, source_id: str):
+        options = publisher.options
+        self.publisher = publisher
         self.camera = topic_name(source_id)
         self.path = f"mqtt://{options.host}:{options.port}/{options.prefix}/{self.camera}"  # names it in errors
-        self.publisher = acquire(options)
         self.topic = f"{options.prefix}/{self.camera}/events"
         self.state_topic = f"{options.prefix}/{self.camera}/state"
         self.events_written = 0
@@ -235,12 +223,16 @@ class MqttEventsSink(Sink):
         """Events the run's publisher dropped (all its streams)."""
         return self.publisher.dropped
 
+    def state(self, up: bool) -> None:
+        """The stream went up or down (a live camera's reconnects): the retained state follows at once."""
+        if not self._closed and up != self._up:
+            self._up = up
+            self.publisher.put(self.state_topic, "up" if up else "down", retain=True)
+
     def write(self, result: FrameResult) -> None:
         if self._closed:
             raise ValueError(f"write to closed MqttEventsSink({self.path})")
-        if not self._up:
-            self._up = True
-            self.publisher.put(self.state_topic, "up", retain=True)
+        self.state(True)
         for event in result.events:
             line = json.dumps(event_record(event), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
             self.publisher.put(self.topic, line, event=True)
@@ -251,4 +243,3 @@ class MqttEventsSink(Sink):
             return
         self._closed = True
         self.publisher.put(self.state_topic, "down", retain=True)
-        release(self.options)
