@@ -6,7 +6,7 @@ PY := .venv/bin/python
 .venv/.installed: pyproject.toml constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,onnx,lap,cluster,mqtt]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,onnx,lap,cluster,mqtt,serve]'
 	touch $@
 
 install: .venv/.installed

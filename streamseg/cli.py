@@ -360,6 +360,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                                ("output_dir", args.output_dir), ("backend", args.backend),
                                                ("model.weights", args.weights)) if value is not None}
     config = load_pipeline(args.pipeline, overrides)
+    try:
+        import aiohttp  # noqa: F401 - the optional extra: only serve needs it
+    except ImportError:
+        raise StreamsegError("serve needs aiohttp: pip install 'streamseg[serve]'") from None
     token = config.serve.token
     if not config.serve.loopback and not token:
         raise StreamsegError(f"serve.host = {config.serve.host} is not loopback: set serve.token_file or "
