@@ -59,6 +59,8 @@ _SERVICE = web.AppKey("service", object)
 _AUTH = web.AppKey("auth", object)
 _HUB = web.AppKey("hub", object)
 _CLOSING = web.AppKey("closing", asyncio.Event)
+_PING = web.AppKey("ping_interval", float)
+_QUEUE = web.AppKey("sse_queue", int)
 
 
 def one_line(text: object) -> str:
@@ -119,7 +121,7 @@ async def _guard(request: web.Request, handler):
             # the page opened once with ?token=: a cookie for what it loads next, and the token out of the address
             query = request.rel_url.query.copy()
             del query["token"]
-            response = web.HTTPSeeOther(str(request.rel_url.with_query(query)))
+            response = web.Response(status=303, headers={"Location": str(request.rel_url.with_query(query))})
             response.set_cookie(COOKIE, auth.session, httponly=True, samesite="Strict", path="/")
             return response
         log.warning("refused %s %s from %s: no valid token", request.method, request.path, request.remote)
@@ -183,7 +185,7 @@ class _Hub:
 
 
 async def _on_startup(app: web.Application) -> None:
-    hub = _Hub(asyncio.get_running_loop(), app["sse_queue"])
+    hub = _Hub(asyncio.get_running_loop(), app[_QUEUE])
     hub.unsubscribe = app[_SERVICE].subscribe(hub.publish)
     app[_HUB] = hub
 
@@ -221,7 +223,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         await response.write(b"retry: 1000\n: connected\n\n")
         while not app[_CLOSING].is_set():
             try:
-                await asyncio.wait_for(client.ready.wait(), app["ping_interval"])
+                await asyncio.wait_for(client.ready.wait(), app[_PING])
             except asyncio.TimeoutError:
                 await response.write(b": ping\n\n")
                 continue
@@ -395,8 +397,8 @@ def build_app(service, token: str | None = None, *, ping_interval: float = PING_
     app[_SERVICE] = service
     app[_AUTH] = _Auth(token) if token else None
     app[_CLOSING] = asyncio.Event()
-    app["ping_interval"] = ping_interval
-    app["sse_queue"] = sse_queue
+    app[_PING] = ping_interval
+    app[_QUEUE] = sse_queue
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
