@@ -241,13 +241,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = replace(config, sources=tuple(expand_sources(config.sources)))  # a glob's videos: one source each
     if config.cluster.address is not None:
+        if config.cameras:
+            raise StreamsegError("[[sources]] tables (id, zones, lines per source) are not supported with --cluster "
+                                 "yet: list the sources as plain paths")
         return run_on_cluster(config, progress=not args.no_progress)
     if any(is_live_input(uri) for uri in config.sources):
         return run_cameras(config)  # all streams at once, until Ctrl-C
     skipped, failed = 0, []
+    from streamseg.config import camera_specs, config_for_camera
+
     with Runner(config, progress=not args.no_progress) as runner:
-        for uri in config.sources:
-            run = runner.process(uri, handle_signals=True)
+        for spec in camera_specs(config):
+            run = runner.process(spec.url, handle_signals=True, source_id=spec.id,
+                                 config=config_for_camera(config, spec))
             if run.report is not None:
                 print(run.report.table(), file=sys.stderr)
             if run.skipped:
@@ -319,9 +325,15 @@ def run_cameras(config) -> int:
     handlers = list(logging.getLogger().handlers)
     for handler in handlers:
         handler.addFilter(hide)
+    from streamseg.config import camera_specs, config_for_camera
+    from streamseg.sources import live_source_id
+
+    specs = camera_specs(config)
     try:
         with LiveRunner(config) as runner:
-            run = runner.run(list(config.sources), handle_signals=True)
+            run = runner.run([s.url for s in specs], handle_signals=True,
+                             source_ids=[s.id or live_source_id(s.url) for s in specs],
+                             configs=[config_for_camera(config, s) for s in specs])
     finally:
         for handler in handlers:
             handler.removeFilter(hide)

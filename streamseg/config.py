@@ -349,7 +349,8 @@ class PipelineConfig:
     mqtt: MqttOptions = field(default_factory=MqttOptions)
     serve: ServeOptions = field(default_factory=ServeOptions)
     cameras: tuple[CameraSpec, ...] = ()
-    """The sources given as tables (``[[sources]]``), in their order; ``sources`` holds their URLs too."""
+    """Every source as a CameraSpec, in order, when the file gives any as a table (``[[sources]]``: id, zones,
+    lines); empty otherwise. ``sources`` holds the URLs as well."""
 
     def __post_init__(self):
         object.__setattr__(self, "sources", names("sources", self.sources))
@@ -369,7 +370,9 @@ SECTIONS = {"source": SourceOptions, "model": ModelOptions, "graph": GraphOption
 
 def camera_specs(config: PipelineConfig) -> list[CameraSpec]:
     """Every source as a :class:`CameraSpec` (plain URLs have no id and the shared rules)."""
-    tables = {spec.url: spec for spec in config.cameras}
+    if [spec.url for spec in config.cameras] == list(config.sources):
+        return list(config.cameras)  # one per source, in order (one file may be listed twice, with two ids)
+    tables = {spec.url: spec for spec in config.cameras}  # sources changed since (a glob expanded)
     return [tables.get(url) or CameraSpec(url) for url in config.sources]
 
 
@@ -457,8 +460,7 @@ def build_config(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = N
         if repeated:
             raise ConfigError(f"{origin}: sources: id {repeated[0]!r} is given to two cameras")
         merged["sources"] = [camera.url for camera in cameras]
-        merged["cameras"] = tuple(c for c in cameras if c.id is not None or c.zones is not None
-                                  or c.lines is not None)
+        merged["cameras"] = cameras
     values: dict[str, Any] = {}
     for name, value in merged.items():
         if name in SECTIONS or name in ("tracker", "events"):

@@ -104,10 +104,12 @@ class Runner(ModelRunner):
         if self._pipeline is not None:
             self._pipeline.stop(drain=drain)
 
-    def process(self, uri: str, *, source_id: str | None = None, handle_signals: bool = False) -> SourceRun:
+    def process(self, uri: str, *, source_id: str | None = None, handle_signals: bool = False,
+                config: PipelineConfig | None = None) -> SourceRun:
         """Process one source to the end (or until stopped). Outputs written so far stay valid on any error.
-        ``source_id`` names the outputs (default: the file or folder name)."""
-        cfg = self.config
+        ``source_id`` names the outputs (default: the file or folder name); ``config``: this source's own pipeline
+        (its ``[[sources]]`` zones and lines, :func:`~streamseg.config.config_for_camera`; default: the runner's)."""
+        cfg = config or self.config
         out_dir = Path(cfg.output_dir)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)

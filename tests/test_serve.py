@@ -234,3 +234,24 @@ def test_camera_tables_give_ids_and_their_own_rules():
                           ({"serve": {"live_fps": 0}}, "serve.live_fps")]:
         with pytest.raises(ConfigError, match=re.escape(expected)):
             build_config(bad)
+
+
+def test_run_names_file_outputs_by_table_id_with_their_own_zones(tmp_path):
+    """[[sources]] tables work for `streamseg run` on files too: the id names the outputs, the zones are the
+    source's own (the zone-count CSV's columns say which rules ran)."""
+    clip = make_clip(tmp_path / "clip.mp4", 1)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(f'output_dir = "out"\nbackend = "none"\n[sinks]\nvideo = false\n[tracker]\n'
+                        f'[events]\nunits = "relative"\n[[events.zones]]\nname = "shared"\n'
+                        f'polygon = [[0, 0], [1, 0], [1, 1]]\n'
+                        f'[[sources]]\nurl = "{clip}"\nid = "gate"\n'
+                        f'[[sources.zones]]\nname = "own"\npolygon = [[0, 0], [0.5, 0], [0.5, 1]]\n'
+                        f'[[sources]]\nurl = "{clip}"\nid = "yard"\n')
+    done = subprocess.run([sys.executable, "-m", "streamseg", "run", "--pipeline", str(pipeline), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "out"
+    assert (out / "gate.zone_counts.csv").read_text().splitlines()[0].count("own") >= 1
+    assert "shared" not in (out / "gate.zone_counts.csv").read_text().splitlines()[0]
+    assert "shared" in (out / "yard.zone_counts.csv").read_text().splitlines()[0]
+    assert len(frames_of(out / "gate.detections.jsonl")) == len(frames_of(out / "yard.detections.jsonl")) == 25
