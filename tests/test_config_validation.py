@@ -15,7 +15,7 @@ import pytest
 
 from streamseg.cli import main
 from streamseg.config import (BACKEND_NAMES, ClusterOptions, GraphOptions, LiveOptions, MqttOptions, PipelineConfig,
-                              SinkOptions, SourceOptions, TrackerOptions, build_config)
+                              ServeOptions, SinkOptions, SourceOptions, TrackerOptions, build_config)
 from streamseg.errors import ConfigError
 from streamseg.events.config import CollisionConfig, EventsConfig, LineConfig, ZoneConfig
 from streamseg.models.backend import ModelOptions
@@ -29,10 +29,12 @@ RULES = {"zones": ZONE, "lines": LINE, "collision": COLLISION}
 
 # where each dataclass's fields are written in a pipeline file
 SECTIONS = {SourceOptions: "source.", ModelOptions: "model.", GraphOptions: "graph.", SinkOptions: "sinks.",
-            LiveOptions: "live.", ClusterOptions: "cluster.", MqttOptions: "mqtt.", TrackerOptions: "tracker.", TrackerConfig: "tracker.", EventsConfig: "events.",
+            LiveOptions: "live.", ClusterOptions: "cluster.", MqttOptions: "mqtt.", ServeOptions: "serve.",
+            TrackerOptions: "tracker.", TrackerConfig: "tracker.", EventsConfig: "events.",
             ZoneConfig: "events.zones.", LineConfig: "events.lines.", CollisionConfig: "events.collision.",
             PipelineConfig: ""}
-NOT_KEYS = {"tracker.config"}  # TrackerOptions.config: the TrackerConfig whose fields are keys of [tracker]
+NOT_KEYS = {"tracker.config",  # TrackerOptions.config: the TrackerConfig whose fields are keys of [tracker]
+            "cameras"}  # built from [[sources]] tables (tests/test_serve.py)
 
 
 class Row(NamedTuple):
@@ -132,6 +134,11 @@ ROWS = [
     Row("mqtt.keepalive", 0, "an integer 1..65535", 1),
     Row("mqtt.qos", 2, "an integer 0..1", 1),
     Row("mqtt.queue_size", 0, "an integer >= 1", 1),
+    Row("serve.host", "my host", "an IP address or a host name", "0.0.0.0"),
+    Row("serve.port", 65536, "an integer 0..65535", 0),
+    Row("serve.token_file", "", TEXT, "token.txt"),
+    Row("serve.live_fps", 0.0, POSITIVE, 0.5),
+    Row("serve.jpeg_quality", 0, "an integer 1..100", 100),
     Row("tracker.enabled", "yes", BOOL, False),
     Row("tracker.high_threshold", "high", "a number", 0.1),
     Row("tracker.low_threshold", 0.9, "a number <= high_threshold (0.5)", 0.5),
@@ -205,7 +212,8 @@ def test_every_field_has_a_row():
     keys = {row.key for row in ROWS}
     sections = {f.name for f in dataclasses.fields(PipelineConfig) if f.default_factory is not dataclasses.MISSING
                 and dataclasses.is_dataclass(f.default_factory)}
-    assert sections == {"source", "model", "graph", "sinks", "tracker", "events", "live", "cluster", "mqtt"}
+    assert sections == {"source", "model", "graph", "sinks", "tracker", "events", "live", "cluster", "mqtt",
+                        "serve"}
     missing = [prefix + f.name for cls, prefix in SECTIONS.items() for f in dataclasses.fields(cls)
                if not (cls is PipelineConfig and f.name in sections)]
     assert sorted(set(missing) - keys - NOT_KEYS) == []
