@@ -192,6 +192,9 @@ def test_every_shipped_pipeline_loads_and_configures_what_it_says():
     assert driving.events.collision is not None and driving.events.collision.ttc_seconds > 0
     assert all(0 <= x <= 960 and 0 <= y <= 540 for x, y in driving.events.collision.ego_lane)
     assert not files["batch_annotate"].tracker.enabled
+    service = files["service"]
+    assert [c.id for c in service.cameras] == ["door", "yard"] and service.serve.host == "127.0.0.1"
+    assert [line.name for line in service.cameras[0].lines] == ["door"] and service.cameras[1].lines is None
 
 
 BAD = [
