@@ -109,7 +109,8 @@ def scene_clip(path: Path, seconds: float, seed: int = 3):
     return config
 
 
-def pipeline_toml(out: Path, scene, camera_url: str, http_port: int, broker_port: int, detect_interval: int) -> str:
+def pipeline_toml(out: Path, scene, camera_url: str, http_port: int, broker_port: int, detect_interval: int,
+                  mqtt_queue: int) -> str:
     def points(items):
         return "[" + ", ".join(f"[{x:.1f}, {y:.1f}]" for x, y in items) + "]"
 
@@ -145,6 +146,7 @@ host = "127.0.0.1"
 port = {broker_port}
 prefix = "{PREFIX}"
 qos = 1
+{f"queue_size = {mqtt_queue}" if mqtt_queue else ""}
 
 [serve]
 host = "127.0.0.1"
@@ -457,11 +459,18 @@ def phase_camera_cycles(serve: Serve, server: RtspServer, cycles: int, warmup: i
             "ok": len(rows) == cycles}
 
 
-def phase_broker_cycles(serve: Serve, broker: Broker, sub: Subscriber, cycles: int, down_for: float) -> dict:
+def event_lines(out: Path) -> int:
+    return sum(path.read_bytes().count(b"\n") for path in out.glob("*.events.jsonl"))
+
+
+def phase_broker_cycles(serve: Serve, out: Path, broker: Broker, sub: Subscriber, cycles: int,
+                        down_for: float) -> dict:
     rows = []
     availability = f"{PREFIX}/availability"
     for cycle in range(1, cycles + 1):
         before = serve.camera(CAMERA)
+        events_before = event_lines(out)
+        _, dropped_before = mqtt_counts(serve.metrics())
         broker.kill()
         states = Counter()
         started = time.monotonic()
@@ -470,6 +479,7 @@ def phase_broker_cycles(serve: Serve, broker: Broker, sub: Subscriber, cycles: i
             states[serve.camera(CAMERA)["state"]] += 1
             time.sleep(0.25)
         during = serve.camera(CAMERA)
+        events_during = event_lines(out) - events_before
         broker.start()
         restarted = time.monotonic()
         back = wait(lambda: sub.first_after(availability, "online", restarted), 90,
@@ -477,10 +487,14 @@ def phase_broker_cycles(serve: Serve, broker: Broker, sub: Subscriber, cycles: i
                     alive=serve.alive)
         row = {"cycle": cycle, "camera_states_while_down": dict(states),
                "frames_while_down": during["processed"] - before["processed"],
-               "mqtt_back_after_s": round(back - restarted, 2)}
+               "mqtt_back_after_s": round(back - restarted, 2), "events_while_down": events_during}
+        time.sleep(1.0)  # the buffer sent
+        _, dropped_after = mqtt_counts(serve.metrics())
+        row["mqtt_dropped"] = None if dropped_after is None else int(dropped_after - (dropped_before or 0))
         rows.append(row)
-        print(f"  broker cycle {cycle}/{cycles}: {row['frames_while_down']} frames processed in {down_for:.0f} s "
-              f"without the broker (camera {'/'.join(states)}), MQTT back after {row['mqtt_back_after_s']:.2f} s",
+        print(f"  broker cycle {cycle}/{cycles}: {row['frames_while_down']} frames processed and "
+              f"{events_during} events made in {down_for:.0f} s without the broker (camera {'/'.join(states)}), "
+              f"MQTT back after {row['mqtt_back_after_s']:.2f} s, {row['mqtt_dropped']} dropped (/metrics)",
               flush=True)
     return {"cycles": cycles, "rows": rows, "completed": len(rows),
             "ok": len(rows) == cycles and all(set(r["camera_states_while_down"]) == {"up"}
@@ -617,6 +631,9 @@ def main() -> int:
                         help="seconds the camera stays away after serve starts (default 45; --quick 10)")
     parser.add_argument("--broker-down", type=float, default=5.0, help="seconds without the broker per cycle")
     parser.add_argument("--detect-interval", type=int, default=1, help="model.detect_interval of the pipeline")
+    parser.add_argument("--mqtt-queue", type=int, default=2,
+                        help="mqtt.queue_size (default 2, so that events made while the broker is down overflow it "
+                             "and the drop counting is exercised; 0: the service's default)")
     parser.add_argument("--keep", type=Path, help="keep the pipeline file, outputs and serve's log in this folder")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -654,6 +671,7 @@ def main() -> int:
 
     results: dict = {"setup": {"cycles": cycles, "broker_cycles": broker_cycles, "absent_s": absent,
                                "broker_down_s": args.broker_down, "detect_interval": args.detect_interval,
+                               "mqtt_queue": args.mqtt_queue,
                                "cpus": os.cpu_count(), "work": str(work)}}
     failures: list[str] = []
     camera_server = RtspServer({"/door": work / "scene.mp4", "/yard": work / "scene.mp4"}, user="cam",
@@ -663,7 +681,7 @@ def main() -> int:
     http_port = free_port()
     pipeline = work / "serve.toml"
     pipeline.write_text(pipeline_toml(out, scene, camera_server.url("/door"), http_port, broker.port,
-                                      args.detect_interval))
+                                      args.detect_interval, args.mqtt_queue))
     serve = Serve(pipeline, http_port, work / "serve.log")
     print(f"serve: {' '.join(serve.command)} (log: {serve.log}); HTTP {serve.base}, mosquitto :{broker.port}, "
           f"camera rtsp://cam:***@127.0.0.1:{camera_server.port}/door", flush=True)
@@ -689,7 +707,8 @@ def main() -> int:
         if went:
             went = phase("camera_cycles", phase_camera_cycles, serve, camera_server, cycles, warmup, rss)
         if went:
-            went = phase("broker_cycles", phase_broker_cycles, serve, broker, sub, broker_cycles, args.broker_down)
+            went = phase("broker_cycles", phase_broker_cycles, serve, out, broker, sub, broker_cycles,
+                         args.broker_down)
             if went and "warm_mib" in rss:
                 rss["end_mib"] = serve.rss_sample()
                 growth = rss["end_mib"] / rss["warm_mib"] - 1
@@ -717,8 +736,13 @@ def main() -> int:
         sub.close()
         broker.kill()
     results["credentials"] = check_credentials(serve)
-    if "serving on http" not in serve.log_text():
-        results["notes"] = ["serve never logged 'serving on http://HOST:PORT/'"]
+    log_lines = serve.log_text().splitlines()
+    results["notes"] = []
+    if not any("serving on http://" in line for line in log_lines):
+        results["notes"].append("serve never logged 'serving on http://HOST:PORT/'")
+    bad = [line for line in log_lines if "Traceback" in line or " ERROR " in line or " CRITICAL " in line]
+    if bad:
+        results["notes"].append(f"serve's log has {len(bad)} ERROR/Traceback lines, the first: {bad[0][:200]}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     ok = summary(results, cycles, broker_cycles)
@@ -737,6 +761,18 @@ def summary(results: dict, cycles: int, broker_cycles: int) -> bool:
         values = [r[key] for r in rows]
         return f"median {statistics.median(values):.2f} s, max {max(values):.2f} s" if values else "-"
 
+    rows = results.get("camera_cycles", {}).get("rows", [])
+    if rows:
+        print("\ncamera cycle  down seen after s  up again after s  frames again after s  reconnects")
+        for row in rows:
+            print(f"{row['cycle']:12d}  {row['down_after_s']:17.2f}  {row['up_after_s']:16.2f}  "
+                  f"{row['frames_after_s']:20.2f}  {row['reconnects']:+10d}")
+    rows = results.get("broker_cycles", {}).get("rows", [])
+    if rows:
+        print("\nbroker cycle  frames while down  events while down  MQTT back after s  dropped")
+        for row in rows:
+            print(f"{row['cycle']:12d}  {row['frames_while_down']:17d}  {row['events_while_down']:17d}  "
+                  f"{row['mqtt_back_after_s']:17.2f}  {row['mqtt_dropped']!s:>7}")
     table = []
     r = results.get("pickup", {})
     table.append(("pickup (serve started before its camera)",
