@@ -24,6 +24,7 @@ import pytest
 from live_server import RtspServer, gstreamer_missing, make_clip
 from streamseg.config import build_config
 from streamseg.errors import ConfigError
+from streamseg.sinks.event_store import query_events
 from test_live import BlockDetector
 
 _missing = gstreamer_missing()
@@ -428,3 +429,26 @@ def test_token_required_401_logged_without_it(served, caplog):
     with pytest.raises(ConfigError) as err:
         serve_http(service, "0.0.0.0", 0, None)
     assert "token" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_events_of_cameras_with_their_own_zones_are_queryable(camera_server, tmp_path):
+    """``[[sources.zones]]`` without top-level ``[events]``: the camera's events are stored (events.db) and must be
+    in ``/api/events`` and in the SSE feed like any other camera's."""
+    from streamseg.service.core import CameraService
+    from streamseg.service.http import serving_in_thread
+
+    config = build_config({
+        "output_dir": str(tmp_path), "backend": "none", "sinks": {"video": False}, "tracker": {"min_hits": 2},
+        "live": {"read_timeout": 2.0, "reconnect_initial": 0.2, "reconnect_max": 1.0},
+        "serve": {"port": 0}, "events": {"units": "relative"},
+        "sources": [{"id": "z", "url": camera_server.url("/a"), "zones": [RIGHT_HALF]}]})
+    with CameraService(config, backend=BlockDetector()) as service, \
+            serving_in_thread(service, "127.0.0.1", 0) as server, sse(server.url) as messages:
+        client = Client(server.url)
+        event = next_message(messages, lambda k, p: k == "event", 30, "an event of camera z")
+        assert event["source"] == "z" and event["region"] == "right"
+        wait_for(lambda: (tmp_path / "z.events.jsonl").stat().st_size > 0, 10, "z's events JSONL")
+        stored = wait_for(lambda: list(query_events(tmp_path / "events.db", cameras=["z"])), 10, "z's stored events")
+        served_events = client.json("GET", "/api/events?camera=z")["events"]
+        assert served_events, f"/api/events is empty while events.db holds {len(stored)} events of camera z"
+        assert served_events[0] == stored[0]

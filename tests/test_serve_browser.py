@@ -1,0 +1,195 @@
+"""The ``streamseg serve`` page in a real browser (Debian's chromium driven by Playwright, ../shared/GUIDE.md section
+8) over the real CameraService, the demo model and two real RTSP cameras (tests/rtsp_server.py): a generated street
+scene whose zone and line are the camera's event rules, and the moving-block test clip. The page loads with a tile
+per camera, each tile's picture changes over time, an event the scene causes appears in the feed within 2 s of the
+frame that caused it (and its clip plays), and a camera killed mid-test turns "down" on the page and "up" again
+when it comes back."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from live_server import RtspServer, gstreamer_missing, make_clip
+from streamseg.config import build_config
+from streamseg.evaluation import SCENE_TRACKER
+from streamseg.scenes import Scene, SceneConfig
+from streamseg.sinks.event_store import query_events
+
+CHROMIUM = Path("/usr/bin/chromium")
+FPS = 5  # the scene's frame rate: the demo model on two CI cores keeps up with most frames of both cameras
+
+
+def _why_not() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} not found (Debian's chromium; .ci/run installs it, see ../shared/GUIDE.md section 8)"
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright (Python) is not installed (the dev extra; see ../shared/GUIDE.md section 8)"
+    return gstreamer_missing()
+
+
+_skip = _why_not()
+pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+
+
+def scene_clip(path: Path, seconds: int) -> tuple[Path, Scene]:
+    """The generated street scene as an H.264 MP4 the RTSP server can stream (one slice per picture, no B-frames,
+    a keyframe every second, as tests/live_server.make_clip)."""
+    scene = Scene(SceneConfig(seed=3, fps=FPS, frames=FPS * seconds))
+    cfg = scene.config
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = cfg.width, cfg.height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(FPS), "bf": "0", "crf": "23", "threads": "1"}
+        for index in range(cfg.frames):
+            frame = av.VideoFrame.from_ndarray(scene.render(index).image, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, FPS)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path, scene
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def cameras(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("browser_clips")
+    street, scene = scene_clip(folder / "street.mp4", 120)
+    block = make_clip(folder / "block.mp4", 120, fps=FPS)
+    street_server = RtspServer({"/street": street}, user="viewer", password="Br0wser-pw").start()
+    block_server = RtspServer({"/block": block}).start()
+    try:
+        yield scene, street_server, block_server
+    finally:
+        street_server.kill()
+        block_server.kill()
+
+
+@pytest.fixture(scope="module")
+def page(cameras, tmp_path_factory):
+    """The service (demo model) with both cameras, its HTTP server, and the page open in chromium."""
+    from playwright.sync_api import sync_playwright
+
+    from streamseg.service.core import CameraService
+    from streamseg.service.http import serving_in_thread
+
+    scene, street_server, block_server = cameras
+    out = tmp_path_factory.mktemp("browser_out")
+    config = build_config({
+        "output_dir": str(out), "sinks": {"video": False},
+        "tracker": {"enabled": True, **SCENE_TRACKER},
+        "live": {"read_timeout": 2.0, "reconnect_initial": 0.2, "reconnect_max": 1.0, "clips": True,
+                 "clip_pre": 1.0, "clip_post": 1.0},
+        "serve": {"port": 0, "live_fps": 5.0},
+        "sources": [
+            {"id": "street", "url": street_server.url("/street"),
+             "zones": [{"name": "zone", "polygon": [list(p) for p in scene.config.zone]}],
+             "lines": [{"name": "line", "points": [list(p) for p in scene.config.line]}]},
+            {"id": "block", "url": block_server.url("/block")},
+        ]})
+    service = CameraService(config)  # the backend from the config: the demo model
+    service.start()
+    try:
+        with serving_in_thread(service, "127.0.0.1", 0) as server, sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            try:
+                tab = browser.new_page(viewport={"width": 1400, "height": 900})
+                errors = []
+                tab.on("pageerror", lambda err: errors.append(str(err)))
+                tab.goto(server.url)
+                tab.opened_at = time.time()
+                yield tab, service, server, out, errors, cameras
+            finally:
+                browser.close()
+    finally:
+        service.stop()
+
+
+def state_of(tab, camera_id: str) -> str:
+    return tab.locator(f'[data-camera="{camera_id}"] .state').inner_text().strip()
+
+
+def picture_changes(tab, camera_id: str, timeout: float = 20) -> None:
+    img = tab.locator(f'[data-camera="{camera_id}"] img')
+    wait_for(lambda: img.evaluate("i => i.complete && i.naturalWidth > 0"), timeout, f"{camera_id}'s first picture")
+    first = img.screenshot()
+    wait_for(lambda: img.screenshot() != first, timeout, f"{camera_id}'s picture to change", interval=0.3)
+
+
+def test_page_loads_with_a_live_tile_per_camera(page):
+    tab, service, server, out, errors, cameras = page
+    assert tab.title() == "streamseg serve"
+    tab.wait_for_selector('[data-camera="street"]', timeout=10_000)
+    tab.wait_for_selector('[data-camera="block"]', timeout=10_000)
+    for camera_id in ("street", "block"):
+        wait_for(lambda: state_of(tab, camera_id) == "up", 30, f"{camera_id} up on the page")
+        text = tab.locator(f'[data-camera="{camera_id}"]').inner_text()
+        assert "since" in text and "fps" in text and "dropped" in text
+        picture_changes(tab, camera_id)
+    sizes = {cid: tab.locator(f'[data-camera="{cid}"] img').evaluate("i => [i.naturalWidth, i.naturalHeight]")
+             for cid in ("street", "block")}
+    assert sizes == {"street": [640, 360], "block": [320, 240]}
+    html = tab.content()
+    assert "Br0wser-pw" not in html and "viewer:" not in html  # the credentials are nowhere on the page
+    assert not errors, errors
+
+
+def test_scene_event_in_the_feed_within_two_seconds_and_its_clip_plays(page):
+    tab, service, server, out, errors, cameras = page
+    live = '#events li[data-kind][data-camera="street"]:not(.history)'
+    wait_for(lambda: tab.locator(live).count() >= 3, 60, "three events of the street scene in the feed", 0.5)
+    shown = tab.locator(live).evaluate_all(
+        "items => items.map(li => [li.dataset.kind, Number(li.dataset.wallTime), Number(li.dataset.received),"
+        " Number(li.dataset.frame)])")
+    for kind, wall_time, received, frame in shown:
+        assert kind in ("enter", "exit", "cross")
+        # wall_time is the capture time of the frame that caused the event; both clocks are this machine's
+        delay = received / 1000 - wall_time
+        assert -0.05 <= delay <= 2.0, (kind, frame, delay)
+    # newest first, and the same events as the store holds
+    assert [w for _, w, _, _ in shown] == sorted((w for _, w, _, _ in shown), reverse=True)
+    # read from the store file itself: /api/events misses cameras whose zones are their own (see
+    # test_serve_http.py::test_events_of_cameras_with_their_own_zones_are_queryable)
+    stored = wait_for(lambda: {(e["kind"], e["wall_time"], e["frame"])
+                               for e in query_events(out / "events.db", cameras=["street"])}
+                      >= {(k, w, f) for k, w, _, f in shown}, 5, "the shown events in the event store")
+    assert stored
+
+    # clicking the oldest shown event plays its clip once the clip is finished (clip_post after the event)
+    oldest = tab.locator(live).last
+    wall_time = float(oldest.get_attribute("data-wall-time"))
+    wait_for(lambda: service.clip_for("street", wall_time) is not None, 20, "the event's clip")
+    oldest.click()
+    video = tab.locator("#clip")
+    wait_for(lambda: video.evaluate("v => v.readyState >= 1 && v.duration > 0"), 15, "the clip to load in <video>")
+    assert "/cameras/street/clip?t=" in video.evaluate("v => v.currentSrc")
+    assert not errors, errors
+
+
+def test_camera_killed_turns_down_on_the_page_and_up_when_it_returns(page):
+    tab, service, server, out, errors, (scene, street_server, block_server) = page
+    wait_for(lambda: state_of(tab, "block") == "up", 30, "block up on the page")
+    block_server.kill()
+    wait_for(lambda: state_of(tab, "block") == "down", 15, "block down on the page")
+    assert state_of(tab, "street") == "up"  # the other camera is not affected
+    time.sleep(1.0)
+    block_server.start()
+    wait_for(lambda: state_of(tab, "block") == "up", 30, "block up again on the page")
+    picture_changes(tab, "block")  # and its live picture moves again
+    assert not errors, errors
