@@ -171,7 +171,8 @@ def test_sighup_restarts_only_the_cameras_that_changed(tmp_path):
     assert frames == sorted(set(frames))
     missing = (frames[-1] - frames[0] + 1) - len(frames)
     assert missing <= a_after["dropped"] + 2, (missing, a_after)
-    assert max(b - a for a, b in zip(frames, frames[1:])) <= 5
+    window = frames[a_before["processed"] - 1:]  # from before the reload on (a connection's first burst of
+    assert len(window) > 50 and max(b - a for a, b in zip(window, window[1:])) <= 5  # frames may drop many)
     statuses = [json.loads(x)["kind"] for x in (out / "a.streams.jsonl").read_text().splitlines()]
     assert statuses == ["stream_up"]
     # b restarted: its outputs went on (frame indices continue, never repeat) under its new rules

@@ -1,11 +1,12 @@
 """The always-on camera service behind ``streamseg serve``: cameras that come and go, one model, state for a page.
 
-:class:`CameraService` runs a :class:`~streamseg.live.LiveRunner` in ``keep_running`` mode on a thread of its own
-(every camera retried forever; the run lasts until :meth:`CameraService.stop`) and keeps what the HTTP layer
-(:mod:`streamseg.service.http`) shows: each camera's state (``connecting`` until its first connection, then ``up``
-or ``down``, with the time it changed), its rates, the newest annotated JPEG while someone watches, and a feed of
-events and state changes for subscribers (server-sent events). Events are also in the run's event store (SQLite)
-and, with ``[mqtt]``, on the broker: those are the runner's outputs, as in ``streamseg run``.
+:class:`CameraService` drives a camera engine, which runs the cameras (every camera retried forever, until
+:meth:`CameraService.stop`): :class:`~streamseg.service.local.LocalCameras` in this process, or with ``[cluster]
+address`` each camera in a Ray actor (:class:`streamseg.cluster.cameras.ClusterCameras`). It keeps what the HTTP
+layer (:mod:`streamseg.service.http`) shows: each camera's state (``connecting`` until its first connection, then
+``up`` or ``down``, with the time it changed), its rates, the newest annotated JPEG while someone watches, and a
+feed of events and state changes for subscribers (server-sent events). Events are also in the run's event store
+(SQLite) and, with ``[mqtt]``, on the broker: the engine's outputs, as in ``streamseg run``.
 
 Cameras come from the pipeline file's ``sources`` (``[[sources]]`` tables: ``url``, ``id``, ``zones``, ``lines``),
 from :meth:`CameraService.add_camera` (the API) and from :meth:`CameraService.reload` (SIGHUP after editing the
@@ -25,25 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import cv2
-
-from streamseg.config import (CameraSpec, PipelineConfig, build_camera_spec, camera_specs, config_for_camera)
+from streamseg.config import CameraSpec, PipelineConfig, build_camera_spec, camera_specs, config_for_camera
 from streamseg.errors import ConfigError, StreamsegError
-from streamseg.live import LiveRunner, StreamRun
 from streamseg.redact import redact_url
-from streamseg.sinks import Annotator
-from streamseg.sinks.event_store import query_events, store_path
-from streamseg.sinks.events import event_record
+from streamseg.service.local import CameraPlan, LocalCameras
+from streamseg.sinks.event_store import query_events
 from streamseg.sinks.recording import utc_stamp
-from streamseg.sources import StreamStatus, is_live_input, live_source_id
-from streamseg.stream import overlays_of
-from streamseg.types import FrameResult
+from streamseg.sources import is_live_input, live_source_id
 
 __all__ = ["CameraService", "CameraExists"]
 
 log = logging.getLogger("streamseg.service")
-
-STATES = {"stream_up": "up", "stream_down": "down", "stream_failed": "down"}
 
 
 class CameraExists(ConfigError):
@@ -52,27 +45,26 @@ class CameraExists(ConfigError):
 
 @dataclass
 class _Camera:
-    """What the service keeps per camera besides the runner's stream."""
+    """What the service keeps per camera besides the engine's stream."""
 
     spec: CameraSpec
     id: str
     config: PipelineConfig
     from_file: bool
-    stream: StreamRun | None = None
     state: str = "connecting"
     since: float = field(default_factory=time.time)
     events: int = 0
-    watchers: int = 0
-    jpeg: bytes | None = None
-    jpeg_seq: int = 0
-    jpeg_due: float = 0.0
-    annotator: Annotator | None = None
+
+    def plan(self) -> CameraPlan:
+        return CameraPlan(self.spec.url, self.id, self.config)
 
 
 class CameraService:
     """See the module docstring. Thread-safe; a context manager (``start`` on enter, ``stop`` on exit)."""
 
-    def __init__(self, config: PipelineConfig, backend=None):
+    def __init__(self, config: PipelineConfig, backend=None, *, engine=None):
+        """``engine``: a camera engine built by the caller (default: :class:`LocalCameras`, or with ``[cluster]
+        address`` :class:`streamseg.cluster.cameras.ClusterCameras`); ``backend``: the local engine's model."""
         specs = camera_specs(config)
         for spec in specs:
             if not is_live_input(spec.url):
@@ -85,39 +77,22 @@ class CameraService:
             camera_id = self._free_id(spec)
             self._cameras[camera_id] = _Camera(spec, camera_id, config_for_camera(config, spec), from_file=True)
         self._subscribers: list[Callable[[str, dict], None]] = []
-        self._runner = LiveRunner(config, backend, on_result=self._on_result, resume=True, keep_running=True,
-                                  on_status=self._on_status)
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._stopped = False
+        if engine is None and config.cluster.address is not None:
+            from streamseg.cluster.cameras import ClusterCameras  # Ray: only for --cluster
+
+            engine = ClusterCameras(config, on_event=self._on_event, on_state=self._on_state)
+        self.engine = engine if engine is not None else \
+            LocalCameras(config, backend, on_event=self._on_event, on_state=self._on_state)
+        self._started = self._stopped = False
 
     # -- lifetime ------------------------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start every camera (each connects in the background); returns once the graph runs."""
+    def start(self) -> None:
+        """Start every camera (each connects in the background); returns once the engine runs."""
         with self._lock:
-            cameras = list(self._cameras.values())
-        self._thread = threading.Thread(target=self._run, args=(cameras,), name="streamseg:service", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._runner.ready.wait(0.1):
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                error = self._error
-                if isinstance(error, StreamsegError):
-                    raise error
-                raise StreamsegError(f"the camera service did not start: {error or 'timed out'}")
-        with self._lock:
-            for camera in cameras:
-                camera.stream = self._runner.streams.get(camera.id)
-
-    def _run(self, cameras: list[_Camera]) -> None:
-        try:
-            self._runner.run([c.spec.url for c in cameras], source_ids=[c.id for c in cameras],
-                             configs=[c.config for c in cameras])
-        except BaseException as err:  # noqa: BLE001 - reported by start() / stop() in the caller's thread
-            self._error = err
-            log.error("service_failed error=%s", err if isinstance(err, StreamsegError) else repr(err))
+            cameras = [camera.plan() for camera in self._cameras.values()]
+        self.engine.start(cameras)
+        self._started = True
 
     def stop(self) -> None:
         """End the run: every camera's outputs finalized, queued events stored and sent; idempotent."""
@@ -125,10 +100,7 @@ class CameraService:
             if self._stopped:
                 return
             self._stopped = True
-        self._runner.stop()
-        if self._thread is not None:
-            self._thread.join()
-        self._runner.close()
+        self.engine.stop()
 
     def __enter__(self) -> "CameraService":
         self.start()
@@ -139,7 +111,7 @@ class CameraService:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopped
+        return self._started and not self._stopped and self.engine.running
 
     # -- cameras -------------------------------------------------------------------------------------------------
 
@@ -154,19 +126,10 @@ class CameraService:
         return self._describe(camera)
 
     def _describe(self, camera: _Camera) -> dict:
-        stream, metrics = camera.stream, self._runner.metrics
-        source = stream.source if stream is not None else None
-        return {
-            "id": camera.id,
-            "url": redact_url(camera.spec.url),
-            "state": camera.state,
-            "since": camera.since,
-            "fps": round(metrics.fps(camera.id), 2) if metrics is not None else 0.0,
-            "processed": stream.processed if stream is not None else 0,
-            "dropped": source.dropped if source is not None else 0,
-            "reconnects": source.reconnects if source is not None else 0,
-            "events": camera.events,
-        }
+        counters = self.engine.counters(camera.id)
+        return {"id": camera.id, "url": redact_url(camera.spec.url), "state": camera.state, "since": camera.since,
+                "fps": counters["fps"], "processed": counters["processed"], "dropped": counters["dropped"],
+                "reconnects": counters["reconnects"], "events": camera.events}
 
     def add_camera(self, spec: dict | CameraSpec, *, from_file: bool = False) -> dict:
         """Start one more camera (``spec``: a ``[[sources]]`` table); the others are not disturbed."""
@@ -185,7 +148,7 @@ class CameraService:
             camera = _Camera(spec, camera_id, config, from_file)
             self._cameras[camera_id] = camera
             try:
-                camera.stream = self._runner.add_stream(spec.url, camera_id, config)
+                self.engine.add(camera.plan())
             except BaseException:
                 del self._cameras[camera_id]
                 raise
@@ -197,7 +160,7 @@ class CameraService:
         """Stop one camera; its outputs are finalized. KeyError if unknown."""
         with self._lock:
             camera = self._cameras.pop(camera_id)
-        self._runner.remove_stream(camera_id)
+        self.engine.remove(camera_id)
         log.info("camera_removed id=%s", camera_id)
         self._publish("state", {**self._describe(camera), "state": "removed", "since": time.time()})
 
@@ -270,56 +233,38 @@ class CameraService:
             except Exception as err:  # noqa: BLE001 - a broken subscriber must not stop the cameras
                 log.warning("subscriber_failed error=%r", err)
 
-    def _on_status(self, stream: StreamRun, status: StreamStatus) -> None:
-        state = STATES.get(status.kind)
+    def _on_state(self, camera_id: str, state: str, since: float) -> None:
         with self._lock:
-            camera = self._cameras.get(stream.source_id)
-            if camera is None or state is None or (camera.stream is not None and camera.stream is not stream):
+            camera = self._cameras.get(camera_id)
+            if camera is None:
                 return
-            camera.state, camera.since = state, status.wall_time
+            camera.state, camera.since = state, since
         self._publish("state", self._describe(camera))
 
-    def _on_result(self, result: FrameResult, latency: float) -> None:
-        camera = self._cameras.get(result.frame.source_id)
-        if camera is None:
-            return
-        for event in result.events:
+    def _on_event(self, camera_id: str, record: dict) -> None:
+        camera = self._cameras.get(camera_id)
+        if camera is not None:
             camera.events += 1
-            self._publish("event", event_record(event))
-        if camera.watchers and time.monotonic() >= camera.jpeg_due:
-            camera.jpeg_due = time.monotonic() + 1.0 / self.config.serve.live_fps
-            self._encode(camera, result)
-
-    def _encode(self, camera: _Camera, result: FrameResult) -> None:
-        """The annotated picture as a JPEG (only while someone watches: encoding costs CPU the model needs)."""
-        stream = camera.stream
-        processor = stream.processor if stream is not None else None
-        if camera.annotator is None:
-            camera.annotator = Annotator(overlays=overlays_of(processor.engine if processor else None))
-        image = camera.annotator.annotate(result.frame.image.copy(), result.detections)
-        ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                [cv2.IMWRITE_JPEG_QUALITY, self.config.serve.jpeg_quality])
-        if ok:
-            camera.jpeg, camera.jpeg_seq = data.tobytes(), camera.jpeg_seq + 1
+        self._publish("event", record)
 
     @contextmanager
     def watch(self, camera_id: str) -> Iterator[None]:
         """While held, ``camera_id``'s annotated frames are encoded (at most ``serve.live_fps``)."""
         with self._lock:
-            camera = self._cameras[camera_id]
-            camera.watchers += 1
+            if camera_id not in self._cameras:
+                raise KeyError(camera_id)
+            self.engine.watch(camera_id, True)
         try:
             yield
         finally:
             with self._lock:
-                camera.watchers -= 1
-                if not camera.watchers:
-                    camera.annotator = None  # zones may change with a restart of the camera
+                self.engine.watch(camera_id, False)
 
     def latest_jpeg(self, camera_id: str) -> tuple[int, bytes | None]:
         with self._lock:
-            camera = self._cameras[camera_id]
-            return camera.jpeg_seq, camera.jpeg
+            if camera_id not in self._cameras:
+                raise KeyError(camera_id)
+        return self.engine.latest_jpeg(camera_id)
 
     def clip_for(self, camera_id: str, wall_time: float) -> Path | None:
         """The event clip written for an event at ``wall_time`` (None: none, or not finished yet)."""
@@ -334,8 +279,9 @@ class CameraService:
     def query_events(self, *, camera: str | None = None, kind: str | None = None, since: float | None = None,
                      until: float | None = None, limit: int = 1000) -> list[dict]:
         """Stored events, oldest first (the newest ``limit`` of those that match)."""
-        path = store_path(self.config)
-        if path is None or not path.exists():
+        sinks = self.config.sinks  # (the file's [events] may be empty while cameras have their own rules)
+        path = Path(sinks.event_store_path or Path(self.config.output_dir) / "events.db")
+        if not sinks.event_store or not path.exists():
             return []
         records = list(query_events(path, cameras=[camera] if camera else (), kinds=[kind] if kind else (),
                                     since=since, until=until))
@@ -344,12 +290,11 @@ class CameraService:
     # -- monitoring -------------------------------------------------------------------------------------------
 
     def metrics_text(self) -> bytes:
-        metrics = self._runner.metrics
-        return metrics.text() if metrics is not None else b""
+        return self.engine.metrics_text()
 
     def health(self) -> tuple[bool, dict]:
         cameras = self.cameras()
-        ok = self.running and self._runner.ready.is_set()
+        ok = self.running
         return ok, {"cameras": {c["id"]: {"state": c["state"], "since": c["since"], "fps": c["fps"]}
                                 for c in cameras}}
 
