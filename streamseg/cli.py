@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("-o", "--output-dir", help="where outputs go (default: the pipeline's output_dir)")
     serve.add_argument("--backend", choices=("auto", "torch", "onnx", "tensorrt", "none"))
     serve.add_argument("--weights", help="checkpoint (.pth) or exported engine")
+    serve.add_argument("--cluster", metavar="ADDRESS", help="run each camera in an actor on this Ray cluster "
+                       "(host:port, ray://host:port, auto, local[:N]); see [cluster]")
 
     events = commands.add_parser("events", help="the event store (sinks.event_store): query stored events")
     events_commands = events.add_subparsers(dest="events_command", required=True)
@@ -370,7 +372,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {key: value for key, value in (("serve.host", args.host), ("serve.port", args.port),
                                                ("output_dir", args.output_dir), ("backend", args.backend),
-                                               ("model.weights", args.weights)) if value is not None}
+                                               ("model.weights", args.weights),
+                                               ("cluster.address", args.cluster)) if value is not None}
     config = load_pipeline(args.pipeline, overrides)
     try:
         import aiohttp  # noqa: F401 - the optional extra: only serve needs it
