@@ -127,6 +127,29 @@ def test_retention_deletes_events_older_than_the_days(tmp_path):
     assert [r["frame"] for r in query_events(db)] == [1, 0]
 
 
+def test_a_disk_that_does_not_keep_up_drops_events_counted_never_waits(tmp_path):
+    """Another process holds the file's write lock (a disk that stalls): add() never waits, the queue fills,
+    what does not fit is counted in ``dropped``; once the lock goes, everything queued is stored."""
+    db = tmp_path / "events.db"
+    with EventStore(db, queue_size=50) as store:
+        store.add(record("door", "enter", T0))
+        store.flush()
+        blocker = sqlite3.connect(db, timeout=0)
+        blocker.execute("BEGIN EXCLUSIVE")  # the writer's next commit waits (its busy timeout is 10 s)
+        try:
+            started = time.monotonic()
+            for i in range(1, 500):
+                store.add(record("door", "enter", T0 + i, frame=i))
+            assert time.monotonic() - started < 0.5  # never waited for the disk
+            assert 400 <= store.dropped <= 499 - 50
+        finally:
+            blocker.rollback()
+            blocker.close()
+        store.flush(10)
+        assert store.written + store.dropped == 500
+    assert len(list(query_events(db))) == 500 - store.dropped
+
+
 WRITER = """
 import sys, time
 from streamseg.sinks.event_store import EventStore
