@@ -8,7 +8,9 @@ when it comes back."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
+import urllib.request
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,7 +21,6 @@ from live_server import RtspServer, gstreamer_missing, make_clip
 from streamseg.config import build_config
 from streamseg.evaluation import SCENE_TRACKER
 from streamseg.scenes import Scene, SceneConfig
-from streamseg.sinks.event_store import query_events
 
 CHROMIUM = Path("/usr/bin/chromium")
 FPS = 5  # the scene's frame rate: the demo model on two CI cores keeps up with most frames of both cameras
@@ -164,12 +165,11 @@ def test_scene_event_in_the_feed_within_two_seconds_and_its_clip_plays(page):
         assert -0.05 <= delay <= 2.0, (kind, frame, delay)
     # newest first, and the same events as the store holds
     assert [w for _, w, _, _ in shown] == sorted((w for _, w, _, _ in shown), reverse=True)
-    # read from the store file itself: /api/events misses cameras whose zones are their own (see
-    # test_serve_http.py::test_events_of_cameras_with_their_own_zones_are_queryable)
-    stored = wait_for(lambda: {(e["kind"], e["wall_time"], e["frame"])
-                               for e in query_events(out / "events.db", cameras=["street"])}
-                      >= {(k, w, f) for k, w, _, f in shown}, 5, "the shown events in the event store")
-    assert stored
+    def stored() -> set:
+        with urllib.request.urlopen(server.url + "api/events?camera=street", timeout=10) as response:
+            return {(e["kind"], e["wall_time"], e["frame"]) for e in json.loads(response.read())["events"]}
+
+    wait_for(lambda: stored() >= {(k, w, f) for k, w, _, f in shown}, 5, "the shown events in /api/events")
 
     # clicking the oldest shown event plays its clip once the clip is finished (clip_post after the event)
     oldest = tab.locator(live).last

@@ -363,9 +363,10 @@ def test_metrics_health_and_page(served):
     assert b"http://" not in page and b"https://" not in page  # nothing fetched from outside (offline machines)
 
 
-def test_credentials_never_in_a_response(served, camera_server):
-    """Every endpoint, plus errors caused by a spec that carries credentials."""
+def test_credentials_never_in_a_response_or_log(served, camera_server, caplog):
+    """Every endpoint, plus errors caused by a spec that carries credentials; and no log line of it either."""
     service, server, client, out = served
+    caplog.set_level(logging.DEBUG)
     secret_url = camera_server.url("/x")
     assert PASSWORD in secret_url
     client.error("POST", "/api/cameras", {"id": "bad id!", "url": secret_url})
@@ -387,6 +388,8 @@ def test_credentials_never_in_a_response(served, camera_server):
     assert b"***@127.0.0.1" in bodies
     for secret in (PASSWORD, f"{USER}:"):
         assert secret.encode() not in bodies
+    logged = "\n".join(logging.Formatter().format(record) for record in caplog.records)
+    assert "camera_added id=x" in logged and PASSWORD not in logged and f"{USER}:" not in logged
 
 
 def test_token_required_401_logged_without_it(served, caplog):
@@ -452,3 +455,39 @@ def test_events_of_cameras_with_their_own_zones_are_queryable(camera_server, tmp
         served_events = client.json("GET", "/api/events?camera=z")["events"]
         assert served_events, f"/api/events is empty while events.db holds {len(stored)} events of camera z"
         assert served_events[0] == stored[0]
+
+
+
+def read_to_end(response) -> bytes:
+    try:
+        return response.read()
+    except http.client.IncompleteRead as err:
+        return err.partial
+
+
+def test_stopping_the_server_ends_open_streams_at_once_and_releases_the_watch(served):
+    """A server with an event stream and a live view open stops in well under its 5 s grace period (the streams
+    end themselves), the watch is released, and an idle event stream got its comment pings."""
+    from streamseg.service.http import serving_in_thread
+
+    service = served[0]
+    with serving_in_thread(service, "127.0.0.1", 0, ping_interval=0.3) as server:
+        host = server.url.split("//")[1].rstrip("/")
+        events = http.client.HTTPConnection(host, timeout=20)
+        events.request("GET", "/api/events/stream")
+        events_response = events.getresponse()
+        live = http.client.HTTPConnection(host, timeout=20)
+        live.request("GET", "/cameras/a/live.mjpg")
+        live_response = live.getresponse()
+        assert len(read_mjpeg_parts(live_response, 2, 20)) == 2
+        time.sleep(1.0)
+        started = time.monotonic()
+    stopped_in = time.monotonic() - started
+    assert stopped_in < 2.0, stopped_in
+    assert read_to_end(events_response).count(b": ping\n\n") >= 2
+    read_to_end(live_response)  # ended by the server (a hung stream would time out here)
+    events.close()
+    live.close()
+    first = service.latest_jpeg("a")[0]
+    time.sleep(1.0)
+    assert service.latest_jpeg("a")[0] == first  # nobody watches any more: nothing encoded
