@@ -114,7 +114,7 @@ def page(cameras, tmp_path_factory):
                 errors = []
                 tab.on("pageerror", lambda err: errors.append(str(err)))
                 tab.goto(server.url)
-                tab.opened_at = time.time()
+                tab.browser = browser
                 yield tab, service, server, out, errors, cameras
             finally:
                 browser.close()
@@ -193,3 +193,29 @@ def test_camera_killed_turns_down_on_the_page_and_up_when_it_returns(page):
     wait_for(lambda: state_of(tab, "block") == "up", 30, "block up again on the page")
     picture_changes(tab, "block")  # and its live picture moves again
     assert not errors, errors
+
+
+def test_with_a_token_the_page_works_from_one_token_link(page):
+    """A server that needs a token: without it the browser gets a 401 line; opened once with ``?token=`` the
+    page, its live pictures and its event stream work from the cookie, and the token leaves the address bar."""
+    from streamseg.service.http import serving_in_thread
+
+    tab, service = page[0], page[1]
+    token = "browser-tok-91c2"
+    with serving_in_thread(service, "127.0.0.1", 0, token=token) as server:
+        context = tab.browser.new_context()
+        try:
+            other = context.new_page()
+            refused = other.goto(server.url)
+            assert refused.status == 401 and "unauthorized" in other.content()
+            other.goto(server.url + f"?token={token}")
+            assert other.url == server.url  # redirected without the token
+            other.wait_for_selector('[data-camera="street"] .state', timeout=10_000)
+            wait_for(lambda: other.locator('[data-camera="street"] .state').inner_text().strip() == "up", 20,
+                     "street up on the token page")
+            picture_changes(other, "street")
+            wait_for(lambda: other.locator("#link").inner_text() == "live", 10, "the event stream connected")
+            assert token not in other.content()
+            assert all(token not in c["value"] for c in context.cookies())
+        finally:
+            context.close()

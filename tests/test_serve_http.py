@@ -231,6 +231,7 @@ def test_errors_are_one_json_line(served):
     client.error("GET", "/api/events?limit=-3")
     client.error("GET", "/no/such/page", expect=404)
     client.error("PUT", "/api/cameras", {"url": "x"}, expect=405)
+    assert "POST" in client.request("PUT", "/api/cameras", {"url": "x"})[1]["Allow"]
     assert [c["id"] for c in service.cameras()] == ["a"]  # nothing half-added
 
 

@@ -132,7 +132,10 @@ async def _guard(request: web.Request, handler):
     except web.HTTPException as err:
         if err.status < 400:
             raise
-        return error(err.status, err.reason)
+        response = error(err.status, err.reason)
+        if "Allow" in err.headers:  # 405: which methods the path takes
+            response.headers["Allow"] = err.headers["Allow"]
+        return response
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as err:  # noqa: BLE001 - a request must not take the server down; the client gets one line
