@@ -91,6 +91,7 @@ def sse(url: str, timeout: float = 30):
     response = connection.getresponse()
     assert response.status == 200 and response.getheader("Content-Type").startswith("text/event-stream")
     messages, raw = queue.Queue(), []
+    messages.ended = threading.Event()  # the server ended the stream
 
     def read():
         kind = None
@@ -102,8 +103,9 @@ def sse(url: str, timeout: float = 30):
                     kind = line[7:]
                 elif line.startswith("data: "):
                     messages.put((kind, json.loads(line[6:])))
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):
             pass
+        messages.ended.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -492,3 +494,26 @@ def test_stopping_the_server_ends_open_streams_at_once_and_releases_the_watch(se
     first = service.latest_jpeg("a")[0]
     time.sleep(1.0)
     assert service.latest_jpeg("a")[0] == first  # nobody watches any more: nothing encoded
+
+
+def test_a_slow_event_stream_client_is_dropped_and_never_holds_up_the_cameras(served, caplog):
+    """The server's event loop blocked for 3 s (a stand-in for any slow client or busy server): the service's
+    pipeline threads and API calls publish without waiting, the cameras go on, and the client whose inbox (1
+    message here) overflowed is disconnected (its browser reconnects) instead of growing a queue."""
+    from streamseg.service.http import serving_in_thread
+
+    service = served[0]
+    caplog.set_level(logging.WARNING, logger="streamseg.service")
+    with serving_in_thread(service, "127.0.0.1", 0, sse_queue=1) as server, sse(server.url) as messages:
+        time.sleep(0.3)
+        blocked = threading.Event()
+        server.loop.call_soon_threadsafe(lambda: (blocked.set(), time.sleep(3.0)))
+        assert blocked.wait(5)
+        started, processed = time.monotonic(), service.camera("a")["processed"]
+        service.add_camera({"id": "s", "url": "rtsp://127.0.0.1:1/s"})  # a state message each
+        service.remove_camera("s")
+        assert time.monotonic() - started < 1.5  # publishing never waited for the blocked server
+        wait_for(lambda: service.camera("a")["processed"] > processed + 10, 2.5, "camera a going on meanwhile")
+        assert not messages.ended.is_set()
+        wait_for(messages.ended.is_set, 10, "the slow client to be disconnected")
+    assert any("too slow" in r.getMessage() for r in caplog.records)

@@ -435,8 +435,11 @@ class serve_http:  # noqa: N801 - used like a function: ``async with serve_http(
         self.app_options = app_options
         self.runner: web.AppRunner | None = None
         self.url: str | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop it serves in (set by :meth:`start`)."""
 
     async def start(self) -> str:
+        self.loop = asyncio.get_running_loop()
         self.runner = web.AppRunner(build_app(self.service, self.token, **self.app_options), access_log=None,
                                     shutdown_timeout=5.0)
         await self.runner.setup()
