@@ -43,6 +43,7 @@ from aiohttp import web
 
 from streamseg.errors import ConfigError, StreamsegError
 from streamseg.redact import redact
+from streamseg.service.core import CameraExists
 
 log = logging.getLogger("streamseg.service")
 
@@ -251,10 +252,6 @@ async def _call(function, *args, **kwargs):
     return await asyncio.get_running_loop().run_in_executor(None, lambda: function(*args, **kwargs))
 
 
-def _is_conflict(err: BaseException) -> bool:
-    return any(cls.__name__ == "CameraExists" for cls in type(err).__mro__)
-
-
 async def list_cameras(request: web.Request) -> web.Response:
     return _json({"cameras": await _call(request.app[_SERVICE].cameras)})
 
@@ -268,8 +265,12 @@ async def add_camera(request: web.Request) -> web.Response:
         return error(400, "the body must be a JSON object: {\"url\": ..., \"id\": ...}")
     try:
         camera = await _call(request.app[_SERVICE].add_camera, spec)
+    except CameraExists as err:
+        return error(409, err)
     except ConfigError as err:
-        return error(409 if _is_conflict(err) else 400, err)
+        return error(400, err)
+    except StreamsegError as err:  # the service is stopping
+        return error(503, err)
     return _json(camera, status=201)
 
 
@@ -388,8 +389,11 @@ async def healthz(request: web.Request) -> web.Response:
     return _json({"ok": bool(ok), **details}, status=200 if ok else 503)
 
 
-async def index(request: web.Request) -> web.Response:
-    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+async def index(request: web.Request) -> web.StreamResponse:
+    page = STATIC / "index.html"
+    if not page.is_file():  # an installation without the package data: say so rather than a bare 404
+        return error(500, f"the page is missing from this installation: {page}")
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
 
 
 def build_app(service, token: str | None = None, *, ping_interval: float = PING_INTERVAL,
