@@ -76,6 +76,8 @@ STOP_SECONDS = 45.0
 LATENCY_KEEP = 20_000
 """Latencies (and events) an actor keeps for the driver's next status call; older ones are dropped."""
 ENDED = ("ended", "failed", "stopped")
+PICTURE_LEASE = 2.0
+"""Service: seconds a camera actor keeps encoding its picture after the driver last asked for it."""
 RESUMED_FILES = ("{}.detections.jsonl", "{}.events.jsonl", "{}.zone_counts.csv")
 """A camera's outputs that a restarted session continues (:func:`streamseg.live.resume_point` reads them)."""
 
@@ -88,8 +90,12 @@ class CameraActor:
     (finalize the outputs; returns the last status)."""
 
     def __init__(self, config: PipelineConfig, uri: str, source_id: str, log_level: int = logging.INFO,
-                 probe: str | None = None, json_logs: bool = False):
+                 probe: str | None = None, json_logs: bool = False, service: bool = False):
         self.source_id = source_id
+        self.service = service
+        """``streamseg serve`` (:class:`ClusterCameras`): the camera is retried forever (``LiveRunner(keep_running=
+        True)``), its events go to the driver as whole records, its up/down changes too, and its annotated picture
+        is encoded while the driver asks for it (:meth:`picture`)."""
         self._secrets = secrets_of(uri)
         redacting_logs(self._secrets, log_level, json_logs)
         self.session = uuid.uuid4().hex[:12]
@@ -104,6 +110,14 @@ class CameraActor:
         self._lock = threading.Lock()
         self._latencies: deque[tuple[float, float]] = deque(maxlen=LATENCY_KEEP)
         self._events: deque[str] = deque(maxlen=LATENCY_KEEP)
+        self._records: deque[dict] = deque(maxlen=LATENCY_KEEP)
+        """Service: the events as ``streamseg.events/1`` records, for the driver's store and MQTT."""
+        self._changes: deque[tuple[str, float]] = deque(maxlen=1000)
+        """Service: ``("up" | "down", wall time)`` of the stream's status changes since the last status call."""
+        self._watched_until = 0.0
+        self._picture: tuple[int, bytes | None] = (0, None)
+        self._picture_due = 0.0
+        self._annotator = None
         self.state = "starting"
         """starting, running, retrying (not reachable; tried again), ended, failed, stopped."""
         self.reason: str | None = None
@@ -127,6 +141,10 @@ class CameraActor:
         backend = None
         try:
             backend = build_backend(cfg.model, cfg.backend)
+            if self.service:
+                self._serve(LiveRunner(cfg, backend, on_result=self._on_result, resume=True, keep_running=True,
+                                       on_status=self._on_status))
+                return
             backoff, rng = Reconnect(live.reconnect_initial, live.reconnect_max), random.Random()
             while not self._stop.is_set():
                 runner = LiveRunner(cfg, backend, on_result=self._on_result, resume=True)
@@ -157,6 +175,28 @@ class CameraActor:
         finally:
             if backend is not None:
                 backend.close()
+
+    def _serve(self, runner) -> None:
+        """The service's camera: one always-on run, until :meth:`stop` (never ends because the camera is down)."""
+        with self._lock:
+            self._runner = runner
+        if self._stop.is_set():
+            self._end("stopped", None)
+            return
+        run = runner.run([self._uri], source_ids=[self.source_id])
+        stream = run.streams.get(self.source_id)
+        self.report = run.report.table() if run.report is not None else None
+        self._end("stopped", stream.failed if stream is not None else None)
+
+    def _on_status(self, stream, status) -> None:
+        """Service: the stream went up or down (connects, reconnects); the driver hears of it at its next poll."""
+        if status.kind == "stream_up":
+            self.state, self.reason = "running", None
+            self._changes.append(("up", status.wall_time))
+        elif status.kind in ("stream_down", "stream_failed"):
+            self.state = "retrying"
+            self.reason = redact(status.reason, self._secrets) if status.reason else None
+            self._changes.append(("down", status.wall_time))
 
     def _connect_failed(self, reason: str) -> bool:
         """Record a failed start (as ``LiveRunner`` does for a camera down at start); True when given up."""
@@ -196,8 +236,40 @@ class CameraActor:
         self._latencies.append((time.time(), latency))
         for event in result.events:
             self._events.append(event.kind)
+        if self.service:
+            if result.events:
+                from streamseg.sinks.events import event_record
+
+                self._records.extend(event_record(event) for event in result.events)
+            now = time.monotonic()
+            if now < self._watched_until and now >= self._picture_due:
+                self._picture_due = now + 1.0 / self._config.serve.live_fps
+                self._encode(result)
         if self.state != "running":
             self.state, self.reason = "running", None
+
+    def _encode(self, result) -> None:
+        """The annotated picture as a JPEG (only while the driver asks for it: encoding costs CPU the model
+        needs)."""
+        import cv2
+
+        from streamseg.sinks import Annotator
+        from streamseg.stream import overlays_of
+
+        try:
+            if self._annotator is None:
+                runner = self._runner
+                stream = runner.streams.get(self.source_id) if runner is not None else None
+                processor = stream.processor if stream is not None else None
+                self._annotator = Annotator(overlays=overlays_of(processor.engine if processor else None))
+            image = self._annotator.annotate(result.frame.image.copy(), result.detections)
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, self._config.serve.jpeg_quality])
+        except Exception as err:  # noqa: BLE001 - a picture is not worth the camera
+            log.warning("picture_failed source=%s error=%r", self.source_id, err)
+            return
+        if ok:
+            self._picture = (self._picture[0] + 1, data.tobytes())
 
     # -- called by the driver ----------------------------------------------------------------------------------------
 
@@ -205,6 +277,8 @@ class CameraActor:
         """This session's state and counters, and the latencies / events since the last call."""
         latencies = [self._latencies.popleft() for _ in range(len(self._latencies))]
         events = [self._events.popleft() for _ in range(len(self._events))]
+        records = [self._records.popleft() for _ in range(len(self._records))]
+        changes = [self._changes.popleft() for _ in range(len(self._changes))]
         runner = self._runner
         stream = runner.streams.get(self.source_id) if runner is not None else None
         now = time.time()
@@ -213,6 +287,8 @@ class CameraActor:
                   "up": False, "processed": 0, "received": 0, "dropped": 0, "reconnects": 0, "buffer_depth": 0,
                   "last_frame_age_s": None, "first_index": None, "failed": None, "outputs": {}, "stages": [],
                   "report": self.report}
+        if self.service:
+            status.update(records=records, changes=changes)
         if stream is not None:
             source = stream.source
             status.update(up=bool(source.up), processed=stream.processed, received=source.received,
@@ -223,6 +299,19 @@ class CameraActor:
                           outputs={kind: str(path) for kind, path in stream.outputs.items()},
                           stages=runner._stage_samples())
         return status
+
+    def picture(self, session: str | None, seq: int, watching: bool = True) -> tuple[str, int, bytes | None]:
+        """Service: ``(session, sequence number, JPEG)`` of the newest annotated picture; the JPEG is None when the
+        caller has that one already (``session``, ``seq``) or there is none yet. Each call with ``watching`` keeps
+        the encoding on for ``PICTURE_LEASE`` seconds; ``watching=False`` turns it off at once."""
+        if watching:
+            self._watched_until = time.monotonic() + PICTURE_LEASE
+        else:
+            self._watched_until, self._annotator = 0.0, None  # zones may change with a restart
+        number, jpeg = self._picture
+        if session == self.session and seq == number:
+            return self.session, number, None
+        return self.session, number, jpeg
 
     def stop(self, timeout: float = STOP_SECONDS - 5) -> dict:
         """Stop the camera and finalize its outputs (videos closed); returns the last :meth:`status`."""
@@ -278,6 +367,8 @@ class Camera:
 
     source_id: str
     uri: str = field(repr=False)
+    config: PipelineConfig | None = field(default=None, repr=False)
+    """The actor's pipeline (None: the supervisor's ``actor_config``); the service's cameras have their own."""
     actor: object = field(default=None, repr=False)
     node: str | None = None
     name: str | None = None
@@ -288,13 +379,17 @@ class Camera:
     sessions: int = 0
     """Sessions seen: 1 + restarts (of the process, or on another node)."""
     status: dict = field(default_factory=dict)
-    base: dict = field(default_factory=lambda: {"received": 0, "dropped": 0, "reconnects": 0})
+    base: dict = field(default_factory=lambda: {"received": 0, "dropped": 0, "reconnects": 0, "processed": 0})
     """Counters of the camera's earlier sessions (metrics are summed over sessions)."""
     state: str = "waiting"
     """waiting (for a node with room), starting, running, retrying, restarting, ended, failed, stopped."""
     reason: str | None = None
     waiting_logged: bool = False
     resumed: bool = False
+    removed: bool = False
+    """Taken out of a running service (:meth:`CameraSupervisor.remove`): its late status replies are ignored."""
+    up: bool | None = None
+    """Service: the state last reported to ``on_state`` (None: none yet)."""
 
     @property
     def done(self) -> bool:
@@ -316,12 +411,23 @@ class CameraRun:
 
 class CameraSupervisor:
     """Keeps one :class:`CameraActor` per configured camera running on the cluster ``ray`` is connected to; see
-    the module docstring. ``run`` returns when stopped or when every camera has ended."""
+    the module docstring. ``run`` returns when stopped or when every camera has ended.
 
-    def __init__(self, ray, config: PipelineConfig, *, poll: float = POLL_SECONDS):
+    ``keep_running`` (the service, :class:`ClusterCameras`): ``run`` lasts until :meth:`stop` even when every
+    camera has ended, the actors are started in service mode (retried forever), earlier outputs are continued
+    rather than replaced, and :meth:`add` / :meth:`remove` change the cameras while the others run on. ``shared``:
+    the driver's event store and MQTT publisher (their counters in :attr:`metrics`)."""
+
+    def __init__(self, ray, config: PipelineConfig, *, poll: float = POLL_SECONDS, keep_running: bool = False,
+                 shared=None):
         from streamseg.sources import live_source_id
 
         self.ray, self.config, self.poll = ray, config, poll
+        self.keep_running = keep_running
+        self._lock = threading.RLock()
+        """Held while cameras are placed, added or removed (``cameras`` itself is replaced, never mutated, once
+        the run runs: readers iterate a snapshot)."""
+        self._generations: dict[str, int] = {}
         opts = config.cluster
         self.run_id = secrets.token_hex(3)
         used: set[str] = set()
@@ -352,7 +458,7 @@ class CameraSupervisor:
         self._nodes: dict[str, dict] = {}
         from streamseg.graph.exporter import LiveMetrics
 
-        self.metrics = LiveMetrics(self._samples, self._stages)
+        self.metrics = LiveMetrics(self._samples, self._stages, shared)
 
     # -- public -----------------------------------------------------------------------------------------------------
 
@@ -378,21 +484,55 @@ class CameraSupervisor:
                                          f"({err.strerror or err})") from None
                 stack.callback(probe.unlink, missing_ok=True)
                 self.probe = str(probe)
-            self._replace_earlier_outputs()
+            if not self.keep_running:  # the service continues its cameras' outputs, as a local service does
+                self._replace_earlier_outputs()
             self._serve_metrics(stack)
             stack.callback(self._stop_actors)
             started = False
             while not self._stopping.is_set():
                 self.step()
-                if not started and self._started():
+                if self.keep_running:
+                    self.ready.set()  # running: the cameras connect (and are retried) in their actors
+                elif not started and self._started():
                     started = True
                     self.ready.set()
                     self._check_start()
-                if all(camera.done for camera in self.cameras.values()):
+                if not self.keep_running and all(camera.done for camera in self.cameras.values()):
                     break
                 self._stopping.wait(self.poll)
             run.stopped = self._stopping.is_set()
+        run.cameras = self.cameras
         return run
+
+    def add(self, source_id: str, uri: str, config: PipelineConfig | None = None) -> Camera:
+        """One more camera (placed at the next round; any thread); ``source_id`` must not be in use."""
+        with self._lock:
+            if source_id in self.cameras:
+                raise ValueError(f"a camera named {source_id!r} is running")
+            camera = Camera(source_id, uri, config)
+            self.cameras = {**self.cameras, source_id: camera}
+        return camera
+
+    def remove(self, source_id: str, timeout: float = STOP_SECONDS) -> Camera:
+        """Take a camera out (any thread): its actor finalizes its outputs and is killed; the other cameras go on.
+        Returns once it is gone (its last status applied). KeyError if there is no such camera."""
+        with self._lock:
+            camera = self.cameras[source_id]
+            self.cameras = {sid: c for sid, c in self.cameras.items() if sid != source_id}
+            camera.removed = True
+            actor, camera.actor, camera.pending = camera.actor, None, None
+        if actor is None:
+            return camera
+        try:
+            self._update(camera, self.ray.get(actor.stop.remote(), timeout=timeout))
+        except Exception as err:  # noqa: BLE001 - its outputs end where its process ended
+            log.warning("camera_stop_failed source=%s (%s)", source_id, _first_line(err))
+        try:
+            self.ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        camera.state = "stopped"
+        return camera
 
     def _replace_earlier_outputs(self) -> None:
         """A new run replaces a camera's line outputs of an earlier run in the same folder, as a local run does;
@@ -412,13 +552,15 @@ class CameraSupervisor:
     def step(self) -> None:
         """Read the alive nodes and every actor's status; re-place cameras whose node is gone; place the waiting."""
         nodes = self._alive_nodes()
-        for camera in self.cameras.values():
-            if camera.actor is not None and camera.node not in nodes and not camera.done:
-                log.warning("camera_node_lost source=%s node=%s: placing it on another node", camera.source_id,
-                            _short(camera.node))
-                self._drop_actor(camera)
+        with self._lock:
+            for camera in self.cameras.values():
+                if camera.actor is not None and camera.node not in nodes and not camera.done:
+                    log.warning("camera_node_lost source=%s node=%s: placing it on another node", camera.source_id,
+                                _short(camera.node))
+                    self._drop_actor(camera)
         self._poll_status()
-        self._place(nodes)
+        with self._lock:
+            self._place(nodes)
 
     def _alive_nodes(self) -> dict[str, dict]:
         try:
@@ -438,33 +580,44 @@ class CameraSupervisor:
 
     def _poll_status(self) -> None:
         ray = self.ray
-        for camera in self.cameras.values():
-            if camera.actor is not None and camera.pending is None and not camera.done:
-                camera.pending = camera.actor.status.remote()
-        pending = {camera.pending: camera for camera in self.cameras.values() if camera.pending is not None}
+        with self._lock:
+            cameras = list(self.cameras.values())
+            for camera in cameras:
+                if camera.actor is not None and camera.pending is None and not camera.done:
+                    camera.pending = camera.actor.status.remote()
+        pending = {camera.pending: camera for camera in cameras if camera.pending is not None}
         if not pending:
             return
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=min(1.0, self.poll))
         for ref in ready:
             camera = pending[ref]
-            camera.pending = None
+            if camera.pending is ref:
+                camera.pending = None
             try:
                 status = ray.get(ref)
             except ray.exceptions.ActorUnavailableError:  # Ray is restarting it (its process died)
+                if camera.removed:
+                    continue
                 if camera.state != "restarting":
                     log.warning("camera_restarting source=%s node=%s", camera.source_id, _short(camera.node))
+                    self._lost(camera)
                 camera.state = "restarting"
                 continue
             except ray.exceptions.RayActorError as err:  # dead for good (its node is gone, or Ray gave up)
-                if camera.actor is not None:
-                    log.warning("camera_actor_died source=%s node=%s (%s): placing it again", camera.source_id,
-                                _short(camera.node), _first_line(err))
-                    self._drop_actor(camera)
+                with self._lock:
+                    if camera.actor is not None and not camera.removed:
+                        log.warning("camera_actor_died source=%s node=%s (%s): placing it again",
+                                    camera.source_id, _short(camera.node), _first_line(err))
+                        self._drop_actor(camera)
+                        self._lost(camera)
                 continue
             except Exception as err:  # noqa: BLE001 - a bug in status(): keep supervising
                 log.error("camera_status_failed source=%s error=%s", camera.source_id, _first_line(err))
                 continue
             self._update(camera, status)
+
+    def _lost(self, camera: Camera) -> None:
+        """The camera's actor process died (the service shows the camera down until the new one reports)."""
 
     def _update(self, camera: Camera, status: dict) -> None:
         sid = camera.source_id
@@ -540,11 +693,13 @@ class CameraSupervisor:
                 continue
             node = min(free, key=lambda n: (used[n], _is_head(nodes[n]), self._node_order.index(n)))
             used[node] += 1
-            camera.generation += 1
+            camera.generation = self._generations[camera.source_id] = \
+                self._generations.get(camera.source_id, 0) + 1  # unique names across removals and re-adds
             camera.name = f"camera:{camera.source_id}:{self.run_id}.{camera.generation}"
             camera.actor = self.remote.options(
                 name=camera.name, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-            ).remote(self.actor_config, camera.uri, camera.source_id, self.log_level, self.probe, self.json_logs)
+            ).remote(camera.config or self.actor_config, camera.uri, camera.source_id, self.log_level, self.probe,
+                     self.json_logs, self.keep_running)
             camera.node, camera.state = node, "starting"
             camera.waiting_logged = False
             log.info("camera_placed source=%s node=%s actor=%s", camera.source_id, _short(node), camera.name)
@@ -735,3 +890,338 @@ def _report(run: CameraRun) -> None:
                  camera.base["reconnects"] + st.get("reconnects", 0))
         for kind, path in st.get("outputs", {}).items():
             log.info("%s: %s -> %s", camera.source_id, kind, path)
+
+
+# -- the service's camera engine -------------------------------------------------------------------------------------
+
+class _ServiceSupervisor(CameraSupervisor):
+    """The supervisor of :class:`ClusterCameras`: hands each status reply's events and up/down changes on."""
+
+    def __init__(self, ray, config: PipelineConfig, engine: "ClusterCameras", shared):
+        super().__init__(ray, config, keep_running=True, shared=shared)
+        self.engine = engine
+
+    def _update(self, camera: Camera, status: dict) -> None:
+        new = status.get("session") != camera.session
+        super()._update(camera, status)
+        if new and camera.sessions == 1:  # (restarts are logged by the base class, with the pid)
+            log.info("camera_started source=%s node=%s pid=%s actor=%s", camera.source_id, _short(status["node"]),
+                     status["pid"], camera.name)
+        elif new:  # a new actor process: the camera was down meanwhile, however briefly
+            self.engine._state(camera, False, time.time())
+        self.engine._reported(camera, status)
+
+    def _lost(self, camera: Camera) -> None:
+        self.engine._state(camera, False, time.time())
+
+
+@dataclass
+class _Picture:
+    """The driver's copy of one camera's newest annotated JPEG, fetched from its actor while someone watches."""
+
+    watchers: int = 0
+    number: int = 0
+    jpeg: bytes | None = None
+    session: str | None = None
+    seq: int = 0
+    """The actor's session and sequence number of ``jpeg`` (the actor sends a picture only when it has another)."""
+    pending: object = None
+
+
+class ClusterCameras:
+    """The cameras of ``streamseg serve --cluster ADDRESS``: each camera in a :class:`CameraActor` of its own on the
+    Ray cluster, placed, supervised and restarted by a :class:`CameraSupervisor` in ``keep_running`` mode on a
+    driver thread. The camera engine of :class:`~streamseg.service.core.CameraService` that takes the place of
+    :class:`~streamseg.service.local.LocalCameras`, with the same methods and callbacks.
+
+    Every camera is retried forever: its actor runs ``LiveRunner(keep_running=True)`` (a camera unreachable at start
+    or later never ends), and an actor whose process died is restarted by Ray (or re-created on another node) and
+    continues the camera's files. Each actor runs its camera's own pipeline (``plan.config``: its zones and lines).
+    Cameras are added and removed while the others run on; a removed camera's actor finalizes its outputs first.
+
+    Outputs: each actor writes its camera's files in ``output_dir`` (a folder every node reaches) as a live run does,
+    but without the event store and MQTT (``sinks.event_store`` off, ``[mqtt]`` disabled in the actors: the actors
+    may be on other machines). The DRIVER owns those: every status poll (``POLL_SECONDS``) brings the events each
+    actor made since the last one, as ``streamseg.events/1`` records, and the driver writes them to one
+    :class:`~streamseg.sinks.shared.RunOutputs` (``<output_dir>/events.db``, the MQTT publisher, each camera's
+    retained up/down state) and calls ``on_event``. A camera that is stopped or removed hands over its last events
+    with its final status. What a killed actor (SIGKILL, a lost node) can lose is the events of its last poll
+    interval (up to ``POLL_SECONDS``) that the driver had not polled yet: they are not in ``events.db``, on MQTT or in
+    the service's feed, but they ARE in that camera's ``<id>.events.jsonl``, which the actor writes as they happen.
+    A driver that falls more than ``LATENCY_KEEP`` events behind on a camera loses the oldest ones the same way.
+
+    Live pictures: while a camera is watched (:meth:`watch`) a driver thread keeps asking its actor for the newest
+    annotated JPEG (:meth:`CameraActor.picture`); the actor encodes at most ``serve.live_fps`` pictures a second,
+    and only for ``PICTURE_LEASE`` seconds after the last request (nothing is encoded for nobody).
+    :meth:`latest_jpeg` never waits on the cluster: it returns the driver's copy.
+
+    ``on_event(camera_id, record)`` and ``on_state(camera_id, "up" | "down", wall_time)`` are called from driver
+    threads: a camera is ``down`` when its stream went down or could not connect, and while its actor restarts.
+    Credentials: camera URLs travel to the actors only as call arguments; actor names and everything handed out
+    carry the camera ids only, and the driver's log handlers redact every camera's URL and credentials.
+    """
+
+    def __init__(self, config: PipelineConfig, *, on_event, on_state):
+        self.config = config
+        self.on_event, self.on_state = on_event, on_state
+        self.supervisor: _ServiceSupervisor | None = None
+        self.outputs = None
+        """The driver's :class:`~streamseg.sinks.shared.RunOutputs` (event store, MQTT)."""
+        self._stack = ExitStack()
+        self._thread: threading.Thread | None = None
+        self._pictures_thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.RLock()
+        self._pictures: dict[str, _Picture] = {}
+        self._mqtt: dict[str, object] = {}
+        self._closing = threading.Event()
+        self._stopped = False
+        self._hide: RedactingFilter | None = None
+        self._handlers: list[logging.Handler] = []
+
+    # -- lifetime -----------------------------------------------------------------------------------------------
+
+    def start(self, cameras: list, timeout: float = 60.0) -> None:
+        """Connect to the cluster (``[cluster] address``) and start every camera's actor (each connects to its
+        camera in the background); returns once the supervisor runs. One-line StreamsegError when the cluster
+        cannot be reached."""
+        from streamseg.cluster.connect import connected
+        from streamseg.sinks.shared import RunOutputs
+
+        cfg = self.config
+        if cfg.cluster.shared_output == "no":
+            raise ConfigError("cluster.shared_output = no: live cameras write their outputs on the node that runs "
+                              "them; give the cluster an output folder every node reaches (shared_output = "
+                              "yes/auto)")
+        if cfg.source.stride != 1:
+            raise ConfigError("source.stride: live streams keep the freshest frame; use source.target_fps to "
+                              "process fewer frames per second")
+        out_dir = Path(cfg.output_dir).resolve()
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StreamsegError(f"{out_dir}: cannot create the output folder ({err.strerror or err})") from None
+        self.config = cfg = replace(cfg, output_dir=str(out_dir))
+        self._hide = RedactingFilter(tuple(s for plan in cameras for s in secrets_of(plan.url)))
+        self._handlers = list(logging.getLogger().handlers)
+        for handler in self._handlers:
+            handler.addFilter(self._hide)
+        try:
+            with _redacted_entrypoint(cfg.cluster.address, self._hide.secrets):
+                ray = self._stack.enter_context(connected(cfg.cluster.address))
+            self.outputs = RunOutputs(cfg)
+            self.supervisor = _ServiceSupervisor(ray, replace(cfg, sources=(), cameras=()), self, self.outputs)
+            for plan in cameras:
+                self.supervisor.add(plan.id, plan.url, self._actor_config(plan.config))
+            self._thread = threading.Thread(target=self._run, name="streamseg:cluster-cameras", daemon=True)
+            self._thread.start()
+            deadline = time.monotonic() + timeout
+            while not self.supervisor.ready.wait(0.1):
+                if not self._thread.is_alive() or time.monotonic() > deadline:
+                    raise self._error if isinstance(self._error, StreamsegError) else \
+                        StreamsegError(f"the camera service did not start on the cluster: "
+                                       f"{_first_line(self._error) if self._error else 'timed out'}")
+        except BaseException:
+            self.stop()
+            raise
+        self._pictures_thread = threading.Thread(target=self._fetch_pictures, name="streamseg:cluster-pictures",
+                                                 daemon=True)
+        self._pictures_thread.start()
+
+    def _actor_config(self, config: PipelineConfig) -> PipelineConfig:
+        """A camera's pipeline as its actor runs it: no URLs, no metrics port, no event store, no MQTT (the
+        driver's), the driver's absolute output folder."""
+        return replace(config, sources=(), cameras=(), output_dir=self.config.output_dir,
+                       live=replace(config.live, metrics_port=None),
+                       sinks=replace(config.sinks, event_store=False), mqtt=replace(config.mqtt, enabled=False))
+
+    def _run(self) -> None:
+        try:
+            self.supervisor.run()
+        except BaseException as err:  # noqa: BLE001 - reported by start() in the caller's thread
+            self._error = err
+            log.error("service_failed error=%s", err if isinstance(err, StreamsegError) else repr(err))
+
+    def stop(self) -> None:
+        """Every camera's outputs finalized (its last events stored and sent), then the driver's event store and
+        MQTT closed and the cluster left; idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._closing.set()
+        try:
+            if self.supervisor is not None:
+                self.supervisor.stop()
+            if self._thread is not None:
+                self._thread.join()
+            if self._pictures_thread is not None:
+                self._pictures_thread.join()
+            with self._lock:
+                sinks, self._mqtt = list(self._mqtt.values()), {}
+            for sink in sinks:
+                sink.close()
+            if self.outputs is not None:
+                self.outputs.close()
+        finally:
+            self._stack.close()
+            for handler in self._handlers:
+                handler.removeFilter(self._hide)
+
+    @property
+    def running(self) -> bool:
+        return (self._thread is not None and self._thread.is_alive() and self.supervisor is not None
+                and self.supervisor.ready.is_set() and not self._closing.is_set())
+
+    # -- cameras ------------------------------------------------------------------------------------------------
+
+    def add(self, plan) -> None:
+        """One more camera (its actor is placed at the next round); the other cameras are not disturbed."""
+        if self.supervisor is None or not self.running:
+            raise StreamsegError("the camera service is not running")
+        with self._lock:
+            self._hide.secrets = tuple(dict.fromkeys((*self._hide.secrets, *secrets_of(plan.url))))
+        self.supervisor.add(plan.id, plan.url, self._actor_config(plan.config))
+
+    def remove(self, camera_id: str) -> None:
+        """Stop one camera: its actor finalizes its outputs and hands over its last events, then is killed."""
+        if self.supervisor is None:
+            raise KeyError(camera_id)
+        self.supervisor.remove(camera_id)
+        with self._lock:
+            self._pictures.pop(camera_id, None)
+            sink = self._mqtt.pop(camera_id, None)
+        if sink is not None:
+            sink.close()  # its retained state: down
+
+    def counters(self, camera_id: str) -> dict:
+        """``processed``, ``dropped``, ``reconnects`` (summed over the camera's actor sessions) and ``fps``."""
+        camera = self.supervisor.cameras.get(camera_id) if self.supervisor is not None else None
+        if camera is None:
+            return {"processed": 0, "dropped": 0, "reconnects": 0, "fps": 0.0}
+        st, base = camera.status, camera.base
+        return {"processed": base["processed"] + st.get("processed", 0),
+                "dropped": base["dropped"] + st.get("dropped", 0),
+                "reconnects": base["reconnects"] + st.get("reconnects", 0),
+                "fps": round(self.supervisor.metrics.fps(camera_id), 2)}
+
+    # -- what the actors report (driver threads) -------------------------------------------------------------
+
+    def _reported(self, camera: Camera, status: dict) -> None:
+        for record in status.get("records", ()):
+            self._store(camera, record)
+            try:
+                self.on_event(camera.source_id, record)
+            except Exception as err:  # noqa: BLE001 - the service's problem must not stop supervision
+                log.warning("on_event_failed source=%s error=%r", camera.source_id, err)
+        if not camera.removed:
+            for state, wall in status.get("changes", ()):
+                self._state(camera, state == "up", wall)
+
+    def _store(self, camera: Camera, record: dict) -> None:
+        """One event into the driver's event store and onto MQTT, as the actor's own sinks would have."""
+        from streamseg.sinks.event_store import store_path
+
+        config = camera.config or self.config
+        try:
+            path = store_path(replace(config, sinks=self.config.sinks))
+            if path is not None:
+                self.outputs.event_store(path).add(record)
+            sink = self._mqtt_sink(camera)
+            if sink is not None:
+                sink.state(True)
+                sink.publisher.put(sink.topic, json.dumps(record, ensure_ascii=False, allow_nan=False,
+                                                          separators=(",", ":")), event=True)
+                sink.events_written += 1
+        except Exception as err:  # noqa: BLE001 - a failing output must not stop the others
+            log.error("output_failed source=%s error=%s", camera.source_id, _first_line(err))
+
+    def _mqtt_sink(self, camera: Camera):
+        from streamseg.sinks.mqtt import MqttEventsSink
+
+        config = camera.config or self.config
+        if not (self.config.mqtt.enabled and config.events.enabled and config.tracker.enabled):
+            return None
+        with self._lock:
+            sink = self._mqtt.get(camera.source_id)
+            if sink is None and not camera.removed and not self._stopped:
+                sink = self._mqtt[camera.source_id] = MqttEventsSink(self.outputs.publisher(), camera.source_id)
+            return sink
+
+    def _state(self, camera: Camera, up: bool, wall: float) -> None:
+        with self._lock:
+            if camera.removed or camera.up == up:
+                return
+            camera.up = up
+        if up or camera.source_id in self._mqtt:
+            try:
+                sink = self._mqtt_sink(camera)
+                if sink is not None:
+                    sink.state(up)
+            except Exception as err:  # noqa: BLE001
+                log.error("output_failed source=%s error=%s", camera.source_id, _first_line(err))
+        try:
+            self.on_state(camera.source_id, "up" if up else "down", wall)
+        except Exception as err:  # noqa: BLE001 - the service's problem must not stop supervision
+            log.warning("on_state_failed source=%s error=%r", camera.source_id, err)
+
+    # -- live pictures ------------------------------------------------------------------------------------------
+
+    def watch(self, camera_id: str, watching: bool) -> None:
+        """One more (or one less) viewer of ``camera_id``'s live picture."""
+        with self._lock:
+            picture = self._pictures.setdefault(camera_id, _Picture())
+            picture.watchers += 1 if watching else -1
+            if picture.watchers > 0:
+                return
+            picture.watchers = 0
+        camera = self.supervisor.cameras.get(camera_id) if self.supervisor is not None else None
+        if camera is not None and camera.actor is not None:
+            try:
+                camera.actor.picture.remote(None, 0, False)  # no viewer: the actor stops encoding at once
+            except Exception:  # noqa: BLE001 - its actor is gone: nothing is encoded there anyway
+                pass
+
+    def latest_jpeg(self, camera_id: str) -> tuple[int, bytes | None]:
+        picture = self._pictures.get(camera_id)
+        return (0, None) if picture is None else (picture.number, picture.jpeg)
+
+    def _fetch_pictures(self) -> None:
+        """While a camera is watched, ask its actor for its newest picture, about twice per ``live_fps`` period."""
+        ray = self.supervisor.ray
+        period = max(0.02, 0.5 / self.config.serve.live_fps)
+        while not self._closing.is_set():
+            with self._lock:
+                pictures = dict(self._pictures)
+            pending = {}
+            for camera_id, picture in pictures.items():
+                camera = self.supervisor.cameras.get(camera_id)
+                if picture.pending is None and picture.watchers > 0 and camera is not None \
+                        and camera.actor is not None:
+                    try:
+                        picture.pending = camera.actor.picture.remote(picture.session, picture.seq, True)
+                    except Exception:  # noqa: BLE001 - its actor is being replaced
+                        continue
+                if picture.pending is not None:
+                    pending[picture.pending] = picture
+            if not pending:
+                self._closing.wait(period)
+                continue
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=period)
+            for ref in ready:
+                picture = pending[ref]
+                picture.pending = None
+                try:
+                    session, seq, jpeg = ray.get(ref)
+                except Exception:  # noqa: BLE001 - its actor died or restarts: asked again next round
+                    continue
+                if jpeg is not None:
+                    picture.session, picture.seq = session, seq
+                    picture.jpeg, picture.number = jpeg, picture.number + 1
+            if ready:
+                self._closing.wait(period)
+
+    # -- monitoring ---------------------------------------------------------------------------------------------
+
+    def metrics_text(self) -> bytes:
+        return self.supervisor.metrics.text() if self.supervisor is not None else b""
