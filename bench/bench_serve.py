@@ -21,10 +21,11 @@ the HTTP API on a free port. Figures, in the order they are measured:
    ``<prefix>/+/events`` counts what reached it (a subset: it misses what is published while it reconnects).
 5. add/remove: a second camera added (POST /api/cameras) and removed (DELETE) while the first runs. The demo
    model on a CPU does not keep up with a 10 frames/s camera, so the freshest-frame buffer skips frame indices
-   (counted as dropped) even with nothing wrong; the first camera's largest index gap (its detections JSONL)
-   while a camera is added and removed is compared with the largest in the seconds before: an interruption is a
-   gap over 2 x that + 2 (a second camera halves each one's share of the model), more than 2 s of stream time
-   without a processed frame, a reconnect, or any state but "up".
+   (counted as dropped) even with nothing wrong: gaps of 3-5 with one camera, up to ~10 with two on a shared
+   2-core machine. The first camera's largest index gap (its detections JSONL) from the POST to a few seconds
+   after the DELETE is printed beside the largest in the seconds before; an interruption is a gap over 20 (2 s of
+   camera time; a camera restart takes longer than that), 2 s of stream time without a processed frame (a
+   reconnect keeps the index but not the clock), a reconnect, any state but "up", or an index that goes back.
 
 Also checked: the camera's password appears nowhere (serve's log, API answers, /metrics, the page).
 
@@ -67,6 +68,7 @@ PASSWORD = "b3nch-pw-5e1f"  # the camera's; must never show up anywhere
 PREFIX = "bench"
 FPS = 10
 CAMERA, SECOND = "door", "yard"
+MAX_GAP = 20  # frame indices (2 s at 10 frames/s): more is an interruption, not a busy model (see the docstring)
 
 
 class BenchError(Exception):
@@ -230,6 +232,10 @@ class Subscriber:
                     return t
         return None
 
+    def last_payloads(self) -> dict[str, str]:
+        with self.lock:
+            return {topic: payload for _, topic, payload in self.messages}
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
@@ -387,7 +393,7 @@ def canonical(record: dict) -> str:
 # -- phases ----------------------------------------------------------------------------------------------------------
 
 
-def phase_pickup(serve: Serve, server: RtspServer, absent: float) -> dict:
+def phase_pickup(serve: Serve, server: RtspServer, sub: Subscriber, absent: float) -> dict:
     wait(lambda: serve.process.poll() is not None or _answers(serve), 180, "serve's HTTP API (GET /api/cameras)",
          interval=0.25)
     serve.alive()
@@ -402,6 +408,7 @@ def phase_pickup(serve: Serve, server: RtspServer, absent: float) -> dict:
             raise BenchError("the camera shows 'up' while its RTSP server is not running")
         time.sleep(0.5)
     redacted = listed["url"]
+    mqtt_seen = sub.last_payloads()  # what MQTT said about the camera that is not there
     server.start()
     ready = time.monotonic()
     wait(lambda: serve.camera(CAMERA)["state"] == "up", 120, "the camera to show 'up' after it appeared",
@@ -410,7 +417,9 @@ def phase_pickup(serve: Serve, server: RtspServer, absent: float) -> dict:
     processed = serve.camera(CAMERA)["processed"]
     wait(lambda: serve.camera(CAMERA)["processed"] >= processed + 10, 60, "the first frames", alive=serve.alive)
     return {"absent_s": absent, "states_while_absent": dict(states), "pickup_s": round(pickup, 2),
-            "url_shown": redacted, "ok": pickup <= 30.0}
+            "url_shown": redacted, "mqtt_while_absent": {topic: mqtt_seen.get(topic) for topic in
+                                                         (f"{PREFIX}/availability", f"{PREFIX}/{CAMERA}/state")},
+            "ok": pickup <= 30.0}
 
 
 def _answers(serve: Serve) -> bool:
@@ -555,7 +564,7 @@ def phase_add_remove(serve: Serve, out: Path, url: str, baseline: float, hold: f
     gap_before, stall_before, _ = gaps(before)
     gap_window, stall_window, smallest = gaps(window)
     reconnects = last["reconnects"] - first["reconnects"]
-    ok = (smallest >= 1 and gap_window <= 2 * gap_before + 2 and stall_window <= 2.0 and reconnects == 0
+    ok = (smallest >= 1 and gap_window <= MAX_GAP and stall_window <= MAX_GAP / FPS and reconnects == 0
           and set(states) == {"up"} and SECOND not in listed)
     return {"post_s": round(post_s, 3), "post_state": added.get("state"), "second_up_after_s": round(up_s, 2),
             "second_processed": both.get(SECOND, {}).get("processed"), "delete_s": round(delete_s, 3),
@@ -703,7 +712,7 @@ def main() -> int:
         return True
 
     try:
-        went = phase("pickup", phase_pickup, serve, camera_server, absent)
+        went = phase("pickup", phase_pickup, serve, camera_server, sub, absent)
         if went:
             went = phase("camera_cycles", phase_camera_cycles, serve, camera_server, cycles, warmup, rss)
         if went:
@@ -740,6 +749,23 @@ def main() -> int:
     results["notes"] = []
     if not any("serving on http://" in line for line in log_lines):
         results["notes"].append("serve never logged 'serving on http://HOST:PORT/'")
+    r = results.get("pickup", {}).get("mqtt_while_absent")
+    if r and any(value is None for value in r.values()):
+        results["notes"].append(f"while the camera was away from the start, MQTT had: {r} (None: no message)")
+    try:
+        from streamseg.config import load_pipeline
+        from streamseg.sources.live import Reconnect
+
+        live = load_pipeline(pipeline).live
+        worst = Reconnect(live.reconnect_initial, live.reconnect_max)
+        worst = worst.maximum * (1 + worst.jitter)
+        if worst > 30:
+            results["notes"].append(
+                f"pickup after a long absence: the next attempt can be up to {worst:.0f} s away (live.reconnect_max "
+                f"{live.reconnect_max:g} s + {Reconnect.jitter:.0%} jitter), so <= 30 s holds only by chance; the "
+                f"measured pickup is one draw")
+    except Exception as err:  # noqa: BLE001 - a note only
+        results["notes"].append(f"could not read the backoff settings: {err}")
     bad = [line for line in log_lines if "Traceback" in line or " ERROR " in line or " CRITICAL " in line]
     if bad:
         results["notes"].append(f"serve's log has {len(bad)} ERROR/Traceback lines, the first: {bad[0][:200]}")
@@ -811,7 +837,7 @@ def summary(results: dict, cycles: int, broker_cycles: int) -> bool:
                   f"longest stall {r['stall_s']:.2f} s (before {r['stall_before_s']:.2f} s), states "
                   f"{r['first_states']}, reconnects {r['reconnects']}; POST {r['post_s']:.2f} s, second camera up "
                   f"after {r['second_up_after_s']:.1f} s, DELETE {r['delete_s']:.2f} s",
-                  "no interruption", mark(r)))
+                  f"gap, stall <= {MAX_GAP}, 2 s", mark(r)))
     r = results.get("stop", {})
     table.append(("SIGTERM", f"exit code {r.get('exit_code')} after {r.get('seconds')} s", "0", mark(r)))
     r = results.get("credentials", {})
