@@ -59,6 +59,10 @@ from streamseg.types import Frame, FrameResult
 log = logging.getLogger(__name__)
 event_log = logging.getLogger("streamseg.events")
 
+ALWAYS_ON_BACKOFF_MAX = 20.0
+"""``keep_running``: the reconnect backoff's cap (of ``live.reconnect_max``), so that a camera that appears or
+returns is picked up within 30 s even at the cap's +20 % jitter plus a connection attempt."""
+
 
 
 @dataclass
@@ -290,7 +294,9 @@ class LiveRunner(ModelRunner):
             source = LiveSource(
                 uri, source_id=sid, transport=live.transport, connect_timeout=live.connect_timeout,
                 read_timeout=live.read_timeout, connect_attempts=attempts,
-                reconnect=Reconnect(live.reconnect_initial, live.reconnect_max,
+                reconnect=Reconnect(live.reconnect_initial,
+                                    min(live.reconnect_max, ALWAYS_ON_BACKOFF_MAX) if self.keep_running
+                                    else live.reconnect_max,
                                     max_attempts=None if self.keep_running else live.max_attempts),
                 buffer=live.buffer, on_status=lambda status, h=holder: self._on_status(h["run"], status),
                 taps=taps, wakeup=self._wakeup, max_frames=self.config.source.max_frames, first_index=first_index,

@@ -73,6 +73,8 @@ class LocalCameras:
 
     def start(self, cameras: list[CameraPlan], timeout: float = 60.0) -> None:
         """Start the run (each camera connects in the background); returns once the graph runs."""
+        if self.config.mqtt.enabled:
+            self.runner.shared.publisher()  # "online" on the broker from the start, before any camera is up
         self._thread = threading.Thread(target=self._run, args=(cameras,), name="streamseg:service", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
