@@ -38,6 +38,11 @@ _why = None if importlib.util.find_spec("ray") else "the cluster extra is not in
 _why = _why or gstreamer_missing()
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
 
+try:  # MQTT is checked too where Debian's mosquitto and paho-mqtt are installed
+    from test_mqtt import MOSQUITTO, Broker, Subscriber
+except BaseException:  # noqa: BLE001 - pytest.importorskip's Skipped: paho-mqtt is missing
+    MOSQUITTO = None
+
 
 def scene_clip(path: Path, seconds: int) -> tuple[Path, Scene]:
     """The generated street scene as an H.264 MP4 the RTSP server can stream (as tests/test_serve_browser.py)."""
@@ -163,6 +168,8 @@ def test_serve_on_a_cluster_cameras_come_go_die_and_their_events_are_stored(medi
     street = RtspServer({"/street": street_clip}, user=USER, password=PASSWORD).start()
     late = RtspServer({"/late": block_clip}, user=USER, password=PASSWORD)  # not there yet
     extra = RtspServer({"/extra": block_clip}, user=USER, password=PASSWORD).start()
+    broker = Broker(tmp_path).start() if MOSQUITTO else None
+    subscriber = Subscriber(broker.port, "svc") if broker else None
     out = tmp_path / "out"
     zone = {"name": "zone", "polygon": [list(p) for p in scene.config.zone]}
     line = {"name": "line", "points": [list(p) for p in scene.config.line]}
@@ -171,6 +178,7 @@ def test_serve_on_a_cluster_cameras_come_go_die_and_their_events_are_stored(medi
              "[live]", "read_timeout = 2.0", "reconnect_initial = 0.2", "reconnect_max = 1.0",
              "[cluster]", "num_cpus = 0.5",  # three camera actors on a 2-CPU local cluster
              "[serve]", "port = 0", "live_fps = 4.0",
+             *(["[mqtt]", f"port = {broker.port}", 'prefix = "svc"'] if broker else []),
              "[[sources]]", 'id = "street"', f"url = {toml(street.url('/street'))}",
              "[[sources.zones]]", *(f"{k} = {toml(v)}" for k, v in zone.items()),
              "[[sources.lines]]", *(f"{k} = {toml(v)}" for k, v in line.items()),
@@ -237,6 +245,11 @@ def test_serve_on_a_cluster_cameras_come_go_die_and_their_events_are_stored(medi
         code = serve.stop()
         for server in (street, late, extra):
             server.kill()
+        if subscriber is not None:
+            time.sleep(0.5)
+            subscriber.close()
+        if broker is not None:
+            broker.kill()
     log = log_path.read_text()
     print(timings)
     assert code == 0, log[-3000:]
@@ -256,6 +269,10 @@ def test_serve_on_a_cluster_cameras_come_go_die_and_their_events_are_stored(medi
     late_events = [r for r in written if r["wall_time"] > restart_wall]
     assert all(json.dumps(r, sort_keys=True) in stored_text for r in late_events)
     assert len(stored) >= len(written) - 20, (len(stored), len(written))
+    if subscriber is not None:  # the driver's MQTT publisher: the stored events, and each camera's state
+        published = [json.loads(m) for m in subscriber.on("svc/street/events")]
+        assert sorted(map(json.dumps, published)) == sorted(map(json.dumps, stored))
+        assert "up" in subscriber.on("svc/street/state") and subscriber.on("svc/street/state")[-1] == "down"
 
     # credentials: nowhere in the log, a response or a file
     assert PASSWORD not in log and f"{USER}:" not in log
