@@ -219,3 +219,33 @@ def test_with_a_token_the_page_works_from_one_token_link(page):
             assert all(token not in c["value"] for c in context.cookies())
         finally:
             context.close()
+
+
+def test_six_cameras_stream_or_poll_without_starving_the_page(page, tmp_path):
+    """A browser opens at most 6 connections to a server: with six cameras the page streams four, polls the
+    others' latest.jpg, and its own requests still go through; removed cameras leave the page."""
+    tab, service = page[0], page[1]
+    clip = make_clip(tmp_path / "more.mp4", 60, fps=FPS)
+    extra = [f"more{i}" for i in range(4)]
+    with RtspServer({f"/{name}": clip for name in extra}) as server:
+        for name in extra:
+            service.add_camera({"id": name, "url": server.url(f"/{name}")})
+        try:
+            for reload in (False, True):
+                if reload:
+                    tab.reload()
+                ids = ["street", "block", *extra]
+                wait_for(lambda: tab.locator("#cameras [data-camera]").count() == 6, 20, "six tiles")
+                for camera_id in ids:
+                    wait_for(lambda: state_of(tab, camera_id) == "up", 30, f"{camera_id} up on the page")
+                views = tab.locator("#cameras [data-camera]").evaluate_all("ts => ts.map(t => t.dataset.view)")
+                assert views.count("stream") == 4 and views.count("poll") == 2, views
+                for camera_id in ids:
+                    picture_changes(tab, camera_id)
+                started = time.monotonic()
+                assert tab.evaluate("fetch('/api/cameras').then(r => r.json()).then(j => j.cameras.length)") == 6
+                assert time.monotonic() - started < 2.0
+        finally:
+            for name in extra:
+                service.remove_camera(name)
+    wait_for(lambda: tab.locator("#cameras [data-camera]").count() == 2, 10, "removed cameras' tiles gone")

@@ -517,3 +517,33 @@ def test_a_slow_event_stream_client_is_dropped_and_never_holds_up_the_cameras(se
         assert not messages.ended.is_set()
         wait_for(messages.ended.is_set, 10, "the slow client to be disconnected")
     assert any("too slow" in r.getMessage() for r in caplog.records)
+
+
+def test_latest_jpeg_polls_keep_encoding_only_for_their_lease(served):
+    """``latest.jpg``: 204 until a picture exists, then the newest JPEG; each poll keeps the camera encoding for
+    the lease (1 s here), after which encoding stops; an unknown camera is a 404 line."""
+    from streamseg.service.http import serving_in_thread
+
+    service = served[0]
+    with serving_in_thread(service, "127.0.0.1", 0, snapshot_lease=1.0) as server:
+        client = Client(server.url)
+        client.error("GET", "/cameras/nope/latest.jpg", expect=404)
+
+        def poll():
+            status, head, body = client.request("GET", "/cameras/a/latest.jpg")
+            assert status in (200, 204), status
+            return int(head["X-Frame-Sequence"]), body if status == 200 else None
+
+        sequences = []
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            sequence, body = poll()
+            sequences.append(sequence)
+            time.sleep(0.25)
+        assert body is not None and len(set(sequences)) >= 5, sequences  # fresh pictures while polled
+        image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.shape == (240, 320, 3)
+        time.sleep(1.5)  # the lease ran out
+        first = service.latest_jpeg("a")[0]
+        time.sleep(1.0)
+        assert service.latest_jpeg("a")[0] == first  # no poller, no encoding

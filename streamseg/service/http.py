@@ -11,6 +11,8 @@ Routes (``/serve_spec.md``):
 ``GET /api/events``                 ``?camera=&kind=&since=&until=&limit=`` -> ``{"events": [...]}`` (event store)
 ``GET /api/events/stream``          server-sent events: ``event: event`` / ``event: state``, a comment ping every 15 s
 ``GET /cameras/<id>/live.mjpg``     multipart MJPEG of the annotated frames, at most ``serve.live_fps``
+``GET /cameras/<id>/latest.jpg``    the newest annotated JPEG; keeps the camera encoding for ``SNAPSHOT_LEASE`` s
+                                    (the page polls it beyond ``LIVE_STREAMS`` cameras, see below)
 ``GET /cameras/<id>/clip?t=T``      the event clip that covers wall time ``T`` (video/mp4), 404 when none
 ``GET /metrics``, ``GET /healthz``  Prometheus exposition; 200 / 503 with the health details as JSON
 ==================================  ==================================================================================
@@ -19,6 +21,10 @@ Errors are ``{"error": "<one line>"}``. With a token every request needs ``Autho
 browser may instead open any page once with ``?token=<token>``, which sets a cookie (derived from the token, never
 the token itself) and redirects to the same address without it. Refused requests are logged with method, path and
 peer, never with the token or the query string.
+
+A browser opens at most 6 connections to one server (HTTP/1.1): every ``live.mjpg`` holds one for as long as it
+shows, and the event stream one more, so a page with more MJPEG tiles would starve its own requests. The page
+therefore streams the first ``LIVE_STREAMS`` cameras and polls ``latest.jpg`` for the others.
 
 Nothing here is global: the state of a server lives in its :class:`aiohttp.web.Application`, so two servers (tests)
 in one process share nothing.
@@ -53,6 +59,9 @@ PING_INTERVAL = 15.0
 SSE_QUEUE = 256
 """Messages a slow SSE client may have waiting; one more and it is disconnected (its browser reconnects), so the
 pipeline threads that publish never wait for a client."""
+SNAPSHOT_LEASE = 3.0
+"""Seconds a ``latest.jpg`` request keeps its camera's pictures encoded: the poller's next request finds a fresh
+one, and a page that went away stops costing CPU soon after."""
 COOKIE = "streamseg_session"
 BOUNDARY = "frame"
 
@@ -62,6 +71,7 @@ _HUB = web.AppKey("hub", object)
 _CLOSING = web.AppKey("closing", asyncio.Event)
 _PING = web.AppKey("ping_interval", float)
 _QUEUE = web.AppKey("sse_queue", int)
+_LEASES = web.AppKey("leases", object)
 
 
 def one_line(text: object) -> str:
@@ -192,6 +202,8 @@ async def _on_startup(app: web.Application) -> None:
     hub = _Hub(asyncio.get_running_loop(), app[_QUEUE])
     hub.unsubscribe = app[_SERVICE].subscribe(hub.publish)
     app[_HUB] = hub
+    leases = app[_LEASES]
+    leases.sweeper = asyncio.get_running_loop().create_task(leases.sweep())
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -204,6 +216,12 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 async def _on_cleanup(app: web.Application) -> None:
+    leases = app[_LEASES]
+    if leases.sweeper is not None:
+        leases.sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leases.sweeper
+    leases.release(everything=True)
     hub = app.get(_HUB)
     if hub is not None and hub.unsubscribe is not None:
         hub.unsubscribe()
@@ -329,6 +347,51 @@ async def live_mjpeg(request: web.Request) -> web.StreamResponse:
     return response
 
 
+class _Leases:
+    """``service.watch`` held on behalf of ``latest.jpg`` pollers, each until ``lease`` seconds after its camera's
+    last request (released by a sweeper task, and all at shutdown). Event loop only."""
+
+    def __init__(self, service, lease: float):
+        self.service, self.lease = service, lease
+        self.held: dict[str, list] = {}  # camera id -> [watch context, expiry (monotonic)]
+        self.sweeper: asyncio.Task | None = None
+
+    def touch(self, camera_id: str) -> None:
+        """Extend (or take) the lease of ``camera_id``; KeyError if unknown."""
+        entry = self.held.get(camera_id)
+        if entry is None:
+            watching = self.service.watch(camera_id)
+            watching.__enter__()
+            entry = self.held[camera_id] = [watching, 0.0]
+        entry[1] = time.monotonic() + self.lease
+
+    def release(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        for camera_id, (watching, expiry) in list(self.held.items()):
+            if everything or expiry <= now:
+                del self.held[camera_id]
+                watching.__exit__(None, None, None)
+
+    async def sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.lease / 2))
+            self.release()
+
+
+async def latest_jpeg(request: web.Request) -> web.Response:
+    """The newest annotated JPEG (204 while there is none yet); see :data:`SNAPSHOT_LEASE`."""
+    service, camera_id = request.app[_SERVICE], request.match_info["id"]
+    try:
+        request.app[_LEASES].touch(camera_id)
+        sequence, jpeg = service.latest_jpeg(camera_id)
+    except KeyError:
+        return error(404, f"unknown camera: {camera_id}")
+    headers = {"Cache-Control": "no-cache, no-store", "X-Frame-Sequence": str(sequence)}
+    if jpeg is None:
+        return web.Response(status=204, headers=headers)
+    return web.Response(body=jpeg, content_type="image/jpeg", headers=headers)
+
+
 async def clip(request: web.Request) -> web.StreamResponse:
     service, camera_id = request.app[_SERVICE], request.match_info["id"]
     text = request.query.get("t")
@@ -397,7 +460,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(service, token: str | None = None, *, ping_interval: float = PING_INTERVAL,
-              sse_queue: int = SSE_QUEUE) -> web.Application:
+              sse_queue: int = SSE_QUEUE, snapshot_lease: float = SNAPSHOT_LEASE) -> web.Application:
     """The application over ``service`` (a CameraService). ``token``: every request must carry it (see the module
     docstring); None: no check (loopback only: :func:`serve_http` refuses another host without one)."""
     app = web.Application(middlewares=[_guard], client_max_size=1 << 20)
@@ -406,6 +469,7 @@ def build_app(service, token: str | None = None, *, ping_interval: float = PING_
     app[_CLOSING] = asyncio.Event()
     app[_PING] = ping_interval
     app[_QUEUE] = sse_queue
+    app[_LEASES] = _Leases(service, snapshot_lease)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
@@ -417,6 +481,7 @@ def build_app(service, token: str | None = None, *, ping_interval: float = PING_
     app.router.add_get("/api/events", list_events)
     app.router.add_get("/api/events/stream", events_stream)
     app.router.add_get("/cameras/{id}/live.mjpg", live_mjpeg)
+    app.router.add_get("/cameras/{id}/latest.jpg", latest_jpeg)
     app.router.add_get("/cameras/{id}/clip", clip)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
