@@ -22,10 +22,11 @@ the HTTP API on a free port. Figures, in the order they are measured:
 5. add/remove: a second camera added (POST /api/cameras) and removed (DELETE) while the first runs. The demo
    model on a CPU does not keep up with a 10 frames/s camera, so the freshest-frame buffer skips frame indices
    (counted as dropped) even with nothing wrong: gaps of 3-5 with one camera, up to ~10 with two on a shared
-   2-core machine. The first camera's largest index gap (its detections JSONL) from the POST to a few seconds
-   after the DELETE is printed beside the largest in the seconds before; an interruption is a gap over 20 (2 s of
-   camera time; a camera restart takes longer than that), 2 s of stream time without a processed frame (a
-   reconnect keeps the index but not the clock), a reconnect, any state but "up", or an index that goes back.
+   2-core machine shared with other jobs. The first camera's largest index gap (its detections JSONL) while the
+   second is added (POST until it has been up 2 s) and while it is removed (DELETE and 3 s after) is printed
+   beside the largest with both running and before. An interruption is a gap there over the larger of 20 (2 s of
+   camera time; a camera restart takes longer) and those two, the same for stream time without a processed frame
+   (a reconnect keeps the index but not the clock), a reconnect, any state but "up", or an index that goes back.
 
 Also checked: the camera's password appears nowhere (serve's log, API answers, /metrics, the page).
 
@@ -511,67 +512,77 @@ def phase_broker_cycles(serve: Serve, out: Path, broker: Broker, sub: Subscriber
 
 
 def phase_add_remove(serve: Serve, out: Path, url: str, baseline: float, hold: float) -> dict:
+    """Marks in the first camera's detections JSONL (its last index, read as the phase goes: the sink writes
+    unbuffered) cut its frames into: before the POST, the add (POST until the second camera has been up 2 s),
+    both running, the remove (DELETE and 3 s after); the add and the remove are compared with the others."""
     path = detections_path(out, CAMERA)
     first = serve.camera(CAMERA)
-    time.sleep(baseline)
     states = Counter()
-    base_index = last_index(path)
+
+    def watch(seconds: float) -> None:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            serve.alive()
+            states[serve.camera(CAMERA)["state"]] += 1
+            time.sleep(0.25)
+
+    def poll(c):
+        states[serve.camera(CAMERA)["state"]] += 1
+        return c
+
+    watch(baseline)
+    marks = [last_index(path)]
     t0 = time.monotonic()
     status, payload = serve.request("POST", "/api/cameras", {"id": SECOND, "url": url})
     post_s = time.monotonic() - t0
     if status != 201:
         raise BenchError(f"POST /api/cameras answered {status}: {payload[:300]!r}")
     added = json.loads(payload)
-
-    def watch_up(c):
-        states[serve.camera(CAMERA)["state"]] += 1
-        return c
-
-    second = wait(lambda: watch_up((c := serve.camera(SECOND))["state"] == "up" and c), 120,
-                  f"the added camera {SECOND!r} to show 'up'", alive=serve.alive)
+    wait(lambda: poll(serve.camera(SECOND)["state"] == "up"), 120, f"the added camera {SECOND!r} to show 'up'",
+         alive=serve.alive)
     up_s = time.monotonic() - t0
-    wait(lambda: watch_up(serve.camera(SECOND)["processed"] >= second["processed"] + 10), 60,
-         f"frames of {SECOND!r}", alive=serve.alive)
-    started = time.monotonic()
-    while time.monotonic() - started < hold:
-        states[serve.camera(CAMERA)["state"]] += 1
-        time.sleep(0.25)
+    watch(2.0)
+    marks.append(last_index(path))
+    watch(hold)
     both = serve.cameras()
+    marks.append(last_index(path))
     t1 = time.monotonic()
     status, payload = serve.request("DELETE", f"/api/cameras/{SECOND}")
     delete_s = time.monotonic() - t1
     if status != 204:
         raise BenchError(f"DELETE /api/cameras/{SECOND} answered {status}: {payload[:300]!r}")
     listed = serve.cameras()
-    started = time.monotonic()
-    while time.monotonic() - started < baseline / 2:
-        states[serve.camera(CAMERA)["state"]] += 1
-        time.sleep(0.25)
-    end_index = last_index(path)
+    watch(3.0)
+    marks.append(last_index(path))
     last = serve.camera(CAMERA)
+    if None in marks:
+        raise BenchError(f"no detections JSONL of {CAMERA!r} at {path}")
 
     frames = read_frames(path)
-    # the seconds before the POST (same connection: no reconnect since ``first``), and the window after it
-    before = [(i, t) for i, t in frames if i <= base_index]
+    before = [(i, t) for i, t in frames if i <= marks[0]]  # the last ``baseline`` seconds of them
     before = [(i, t) for i, t in before if t >= before[-1][1] - baseline] if before else []
-    window = [(i, t) for i, t in frames if base_index <= i <= end_index]
-
-    def gaps(items):
-        index_gaps = [b[0] - a[0] for a, b in zip(items, items[1:])]
-        time_gaps = [b[1] - a[1] for a, b in zip(items, items[1:])]
-        return (max(index_gaps, default=0), max(time_gaps, default=0.0), min(index_gaps, default=1))
-
-    gap_before, stall_before, _ = gaps(before)
-    gap_window, stall_window, smallest = gaps(window)
+    parts = {"before": before}
+    for name, (low, high) in zip(("add", "both", "remove"), zip(marks, marks[1:])):
+        parts[name] = [(i, t) for i, t in frames if low <= i <= high]
+    gap, stall = {}, {}
+    for name, items in parts.items():
+        gap[name] = max((b[0] - a[0] for a, b in zip(items, items[1:])), default=0)
+        stall[name] = round(max((b[1] - a[1] for a, b in zip(items, items[1:])), default=0.0), 2)
+    window = [(i, t) for i, t in frames if marks[0] <= i]
+    increasing = all(b[0] > a[0] for a, b in zip(window, window[1:]))
     reconnects = last["reconnects"] - first["reconnects"]
-    ok = (smallest >= 1 and gap_window <= MAX_GAP and stall_window <= MAX_GAP / FPS and reconnects == 0
-          and set(states) == {"up"} and SECOND not in listed)
+    # a busy model skips indices all the time; the add and the remove may cost no more than the busiest moment
+    # without them, and at least MAX_GAP is allowed (a restarted camera takes longer than that to come back)
+    allowed_gap = max(MAX_GAP, gap["before"], gap["both"])
+    allowed_stall = max(MAX_GAP / FPS, stall["before"], stall["both"])
+    ok = (increasing and max(gap["add"], gap["remove"]) <= allowed_gap
+          and max(stall["add"], stall["remove"]) <= allowed_stall and reconnects == 0 and set(states) == {"up"}
+          and SECOND not in listed)
     return {"post_s": round(post_s, 3), "post_state": added.get("state"), "second_up_after_s": round(up_s, 2),
             "second_processed": both.get(SECOND, {}).get("processed"), "delete_s": round(delete_s, 3),
             "still_listed_after_delete": SECOND in listed, "first_states": dict(states), "reconnects": reconnects,
-            "frames_before": len(before), "frames_window": len(window), "largest_gap_before": gap_before,
-            "largest_gap": gap_window, "stall_before_s": round(stall_before, 2),
-            "stall_s": round(stall_window, 2), "indices_increasing": smallest >= 1,
+            "frames": {name: len(items) for name, items in parts.items()}, "largest_gap": gap, "stall_s": stall,
+            "allowed_gap": allowed_gap, "allowed_stall_s": allowed_stall, "indices_increasing": increasing,
             "dropped_during": last["dropped"] - first["dropped"], "ok": ok}
 
 
@@ -832,12 +843,17 @@ def summary(results: dict, cycles: int, broker_cycles: int) -> bool:
                 f"dropped {mb['event_store_dropped']}), received by the subscriber {r['received_by_subscriber']}")
     table.append(("events: SQLite and MQTT", text, "missing 0, unaccounted 0", mark(r)))
     r = results.get("add_remove", {})
-    table.append(("add + remove a camera via the API", r.get("error") or
-                  f"first camera: largest index gap {r['largest_gap']} (before: {r['largest_gap_before']}), "
-                  f"longest stall {r['stall_s']:.2f} s (before {r['stall_before_s']:.2f} s), states "
-                  f"{r['first_states']}, reconnects {r['reconnects']}; POST {r['post_s']:.2f} s, second camera up "
-                  f"after {r['second_up_after_s']:.1f} s, DELETE {r['delete_s']:.2f} s",
-                  f"gap, stall <= {MAX_GAP}, 2 s", mark(r)))
+    if "largest_gap" in r:
+        g, st = r["largest_gap"], r["stall_s"]
+        text = (f"first camera's largest index gap: {g['add']} while adding, {g['remove']} while removing (busiest "
+                f"without them: {g['both']} with both running, {g['before']} before); longest stall "
+                f"{st['add']:.1f} / {st['remove']:.1f} s ({st['both']:.1f}, {st['before']:.1f}); states "
+                f"{r['first_states']}, reconnects {r['reconnects']}; POST {r['post_s']:.2f} s, second camera up "
+                f"after {r['second_up_after_s']:.1f} s, DELETE {r['delete_s']:.2f} s")
+    else:
+        text = r.get("error", "not measured")
+    table.append(("add + remove a camera via the API", text, f"gap <= {r.get('allowed_gap', MAX_GAP)}, stall "
+                  f"<= {r.get('allowed_stall_s', MAX_GAP / FPS):.1f} s", mark(r)))
     r = results.get("stop", {})
     table.append(("SIGTERM", f"exit code {r.get('exit_code')} after {r.get('seconds')} s", "0", mark(r)))
     r = results.get("credentials", {})
