@@ -41,6 +41,12 @@ in logs or names); actors are named ``camera:<id>:<run>.<n>`` by the camera's cr
 ``repr`` (Ray's log prefix) is that id too. Every log handler of an actor's process redacts the camera's URL and
 credentials (:class:`~streamseg.redact.RedactingFilter`), as the driver's own handlers do.
 
+The camera service (``streamseg serve --cluster ADDRESS``, :class:`ClusterCameras`) uses the same actors and
+supervisor in an always-on form: the supervisor's cameras are added and removed while it runs, it runs until stopped
+(never because cameras ended), each actor retries its camera forever (``LiveRunner(keep_running=True)``) with the
+camera's own pipeline, and the driver, not the actors, writes the event store and MQTT (see :class:`ClusterCameras`
+for what a killed actor can lose).
+
 Ctrl-C / SIGTERM on the driver stops every camera with its outputs finalized (videos closed), then exits 130; a
 second one skips the results in flight. A camera unreachable at start is tried again in the background (its
 ``stream_down`` recorded, as locally); when every camera is unreachable at start, the run ends with the local run's
@@ -974,6 +980,7 @@ class ClusterCameras:
         self._lock = threading.RLock()
         self._pictures: dict[str, _Picture] = {}
         self._mqtt: dict[str, object] = {}
+        self._store_paths: dict[str, Path | None] = {}
         self._closing = threading.Event()
         self._stopped = False
         self._hide: RedactingFilter | None = None
@@ -1090,6 +1097,7 @@ class ClusterCameras:
         self.supervisor.remove(camera_id)
         with self._lock:
             self._pictures.pop(camera_id, None)
+            self._store_paths.pop(camera_id, None)
             sink = self._mqtt.pop(camera_id, None)
         if sink is not None:
             sink.close()  # its retained state: down
@@ -1117,14 +1125,18 @@ class ClusterCameras:
         if not camera.removed:
             for state, wall in status.get("changes", ()):
                 self._state(camera, state == "up", wall)
+            if status.get("state") in ENDED:  # its actor gave up (a model that does not load): down for good
+                self._state(camera, False, time.time())
 
     def _store(self, camera: Camera, record: dict) -> None:
         """One event into the driver's event store and onto MQTT, as the actor's own sinks would have."""
         from streamseg.sinks.event_store import store_path
 
-        config = camera.config or self.config
         try:
-            path = store_path(replace(config, sinks=self.config.sinks))
+            path = self._store_paths.get(camera.source_id, False)
+            if path is False:  # the camera's rules with the service's sinks (the actors have the store off)
+                path = store_path(replace(camera.config or self.config, sinks=self.config.sinks))
+                self._store_paths[camera.source_id] = path
             if path is not None:
                 self.outputs.event_store(path).add(record)
             sink = self._mqtt_sink(camera)
