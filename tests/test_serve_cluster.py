@@ -273,6 +273,8 @@ def test_serve_on_a_cluster_cameras_come_go_die_and_their_events_are_stored(medi
         published = [json.loads(m) for m in subscriber.on("svc/street/events")]
         assert sorted(map(json.dumps, published)) == sorted(map(json.dumps, stored))
         assert "up" in subscriber.on("svc/street/state") and subscriber.on("svc/street/state")[-1] == "down"
+        assert subscriber.on("svc/availability")[:1] == ["online"] and subscriber.on("svc/availability")[-1] == \
+            "offline"
 
     # credentials: nowhere in the log, a response or a file
     assert PASSWORD not in log and f"{USER}:" not in log

@@ -1017,6 +1017,8 @@ class ClusterCameras:
             with _redacted_entrypoint(cfg.cluster.address, self._hide.secrets):
                 ray = self._stack.enter_context(connected(cfg.cluster.address))
             self.outputs = RunOutputs(cfg)
+            if cfg.mqtt.enabled:
+                self.outputs.publisher()  # "online" on the broker from the start, before any camera is up
             self.supervisor = _ServiceSupervisor(ray, replace(cfg, sources=(), cameras=()), self, self.outputs)
             for plan in cameras:
                 self.supervisor.add(plan.id, plan.url, self._actor_config(plan.config))
