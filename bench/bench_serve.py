@@ -437,8 +437,8 @@ def phase_camera_cycles(serve: Serve, server: RtspServer, sub: Subscriber, cycle
     state_topic = f"{PREFIX}/{CAMERA}/state"
     for cycle in range(1, cycles + 1):
         before = serve.camera(CAMERA)
+        killed = time.monotonic()  # before the kill: serve may see the connection drop before kill() returns
         server.kill()
-        killed = time.monotonic()
         first = wait(lambda: (c := serve.camera(CAMERA))["state"] != "up" and c, 60,
                      f"cycle {cycle}: the camera to leave 'up'", interval=0.05, alive=serve.alive)
         left_s = time.monotonic() - killed
@@ -498,14 +498,15 @@ def phase_broker_cycles(serve: Serve, out: Path, broker: Broker, sub: Subscriber
             time.sleep(0.25)
         during = serve.camera(CAMERA)
         events_during = event_lines(out) - events_before
+        starting = time.monotonic()
         broker.start()
-        restarted = time.monotonic()
-        back = wait(lambda: sub.first_after(availability, "online", restarted), 90,
+        restarted = time.monotonic()  # listening
+        back = wait(lambda: sub.first_after(availability, "online", starting), 90,
                     f"broker cycle {cycle}: the service's availability 'online' after the restart", interval=0.1,
                     alive=serve.alive)
         row = {"cycle": cycle, "camera_states_while_down": dict(states),
                "frames_while_down": during["processed"] - before["processed"],
-               "mqtt_back_after_s": round(back - restarted, 2), "events_while_down": events_during}
+               "mqtt_back_after_s": round(max(0.0, back - restarted), 2), "events_while_down": events_during}
         time.sleep(1.0)  # the buffer sent
         _, dropped_after = mqtt_counts(serve.metrics())
         row["mqtt_dropped"] = None if dropped_after is None else int(dropped_after - (dropped_before or 0))
@@ -722,6 +723,9 @@ def main() -> int:
         try:
             results[name] = function(*fargs)
         except (BenchError, OSError, ValueError, KeyError) as err:
+            time.sleep(0.5)
+            if serve.process.poll() is not None and "serve exited" not in str(err):
+                err = BenchError(f"serve exited with {serve.process.returncode} ({type(err).__name__}: {err})")
             results[name] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
             failures.append(name)
             print(f"  {name} FAILED: {err}", flush=True)
@@ -799,9 +803,6 @@ def main() -> int:
 
 
 def summary(results: dict, cycles: int, broker_cycles: int) -> bool:
-    def mark(part):
-        return "OK" if part.get("ok") else "MISSED"
-
     def spread(rows, key):
         values = [r[key] for r in rows]
         return f"median {statistics.median(values):.2f} s, max {max(values):.2f} s" if values else "-"
@@ -818,59 +819,64 @@ def summary(results: dict, cycles: int, broker_cycles: int) -> bool:
         for row in rows:
             print(f"{row['cycle']:12d}  {row['frames_while_down']:17d}  {row['events_while_down']:17d}  "
                   f"{row['mqtt_back_after_s']:17.2f}  {row['mqtt_dropped']!s:>7}")
+
     table = []
-    r = results.get("pickup", {})
-    table.append(("pickup (serve started before its camera)",
-                  r.get("error") or f"up {r['pickup_s']:.1f} s after the camera appeared (away {r['absent_s']:.0f} s)",
-                  "<= 30 s", mark(r)))
-    r = results.get("camera_cycles", {})
-    rows = r.get("rows", [])
-    table.append(("camera kill/restart cycles", r.get("error") or
-                  f"{r['completed']}/{cycles}; down seen after {spread(rows, 'down_after_s')}; up after "
-                  f"{spread(rows, 'up_after_s')}; frames after {spread(rows, 'frames_after_s')}; first state "
-                  f"after the kill {r['down_states']}", f"{cycles} in a row", mark(r)))
+
+    def line(name: str, key: str, target: str, describe, ready: str) -> None:
+        """A row from ``results[key]``: ``describe(r)`` when it was measured, else why not."""
+        r = results.get(key)
+        if not r or "error" in r or ready not in r:
+            text = (r or {}).get("error", "not run").splitlines()[0]
+            table.append((name, text, target, "MISSED"))
+            return
+        table.append((name, describe(r), target, "OK" if r.get("ok") else "MISSED"))
+
+    line("pickup (serve started before its camera)", "pickup", "<= 30 s",
+         lambda r: f"up {r['pickup_s']:.1f} s after the camera appeared (away {r['absent_s']:.0f} s)",
+         ready="pickup_s")
+    line("camera kill/restart cycles", "camera_cycles", f"{cycles} in a row",
+         lambda r: f"{r['completed']}/{cycles}; down seen after {spread(r['rows'], 'down_after_s')}; up after "
+                   f"{spread(r['rows'], 'up_after_s')}; frames after {spread(r['rows'], 'frames_after_s')}; first "
+                   f"state after the kill {r['down_states']}", ready="rows")
+    rows = results.get("camera_cycles", {}).get("rows", [])
     if rows:
         followed = sum(x["mqtt_state_down_up"] for x in rows)
         table.append(("MQTT retained state followed the camera", f"down then up in {followed}/{len(rows)} cycles",
                       "(not an issue target)", "info"))
-    r = results.get("broker_cycles", {})
-    rows = r.get("rows", [])
-    table.append(("broker kill/restart cycles", r.get("error") or
-                  f"{r['completed']}/{broker_cycles}; camera up and frames flowing while the broker was down: "
-                  f"{sum(1 for x in rows if set(x['camera_states_while_down']) == {'up'} and x['frames_while_down'])}"
-                  f"/{len(rows)}; MQTT back after {spread(rows, 'mqtt_back_after_s')}",
-                  f"{broker_cycles} in a row", mark(r)))
-    r = results.get("rss", {})
-    table.append(("RSS of serve, after warm-up -> after the cycles",
-                  f"{r['warm_mib']:.1f} -> {r['end_mib']:.1f} MiB ({r['growth'] * 100:+.2f} %)"
-                  if "growth" in r else "not measured", "< 5 %", mark(r) if "growth" in r else "MISSED"))
-    r = results.get("events", {})
-    if "error" in r or not r:
-        text = r.get("error", "not checked")
-    else:
+
+    def broker(r):
+        kept = sum(1 for x in r["rows"] if set(x["camera_states_while_down"]) == {"up"} and x["frames_while_down"])
+        return (f"{r['completed']}/{broker_cycles}; camera up and frames flowing while the broker was down: "
+                f"{kept}/{len(r['rows'])}; MQTT back after {spread(r['rows'], 'mqtt_back_after_s')}")
+
+    line("broker kill/restart cycles", "broker_cycles", f"{broker_cycles} in a row", broker, ready="rows")
+    line("RSS of serve, after warm-up -> after the cycles", "rss", "< 5 %",
+         lambda r: f"{r['warm_mib']:.1f} -> {r['end_mib']:.1f} MiB ({r['growth'] * 100:+.2f} %)", ready="growth")
+
+    def events(r):
         mb = r["metrics_before_sigterm"]
-        text = (f"produced {r['produced']}, in SQLite {r['in_sqlite']} (missing {r['missing_in_sqlite']}, extra "
+        return (f"produced {r['produced']}, in SQLite {r['in_sqlite']} (missing {r['missing_in_sqlite']}, extra "
                 f"{r['extra_in_sqlite']}), MQTT delivered {r['delivered']} + dropped {r['dropped']} (unaccounted "
                 f"{r['unaccounted']}; /metrics before SIGTERM: {mb['delivered']} + {mb['dropped']}, event store "
                 f"dropped {mb['event_store_dropped']}), received by the subscriber {r['received_by_subscriber']}")
-    table.append(("events: SQLite and MQTT", text, "missing 0, unaccounted 0", mark(r)))
-    r = results.get("add_remove", {})
-    if "largest_gap" in r:
+
+    line("events: SQLite and MQTT", "events", "missing 0, unaccounted 0", events, ready="produced")
+
+    def add_remove(r):
         g, st = r["largest_gap"], r["stall_s"]
-        text = (f"first camera's largest index gap: {g['add']} while adding, {g['remove']} while removing (busiest "
+        return (f"first camera's largest index gap: {g['add']} while adding, {g['remove']} while removing (busiest "
                 f"without them: {g['both']} with both running, {g['before']} before); longest stall "
                 f"{st['add']:.1f} / {st['remove']:.1f} s ({st['both']:.1f}, {st['before']:.1f}); states "
                 f"{r['first_states']}, reconnects {r['reconnects']}; POST {r['post_s']:.2f} s, second camera up "
                 f"after {r['second_up_after_s']:.1f} s, DELETE {r['delete_s']:.2f} s")
-    else:
-        text = r.get("error", "not measured")
-    table.append(("add + remove a camera via the API", text, f"gap <= {r.get('allowed_gap', MAX_GAP)}, stall "
-                  f"<= {r.get('allowed_stall_s', MAX_GAP / FPS):.1f} s", mark(r)))
-    r = results.get("stop", {})
-    table.append(("SIGTERM", f"exit code {r.get('exit_code')} after {r.get('seconds')} s", "0", mark(r)))
-    r = results.get("credentials", {})
-    table.append(("camera password in logs/answers", ", ".join(r.get("found_in", [])) or "nowhere", "nowhere",
-                  mark(r)))
+
+    r = results.get("add_remove", {})
+    line("add + remove a camera via the API", "add_remove", f"gap <= {r.get('allowed_gap', MAX_GAP)}, stall <= "
+         f"{r.get('allowed_stall_s', MAX_GAP / FPS):.1f} s", add_remove, ready="largest_gap")
+    line("SIGTERM", "stop", "exit code 0", lambda r: f"exit code {r['exit_code']} after {r['seconds']} s"
+         + ("" if r["alive_before_sigterm"] else " (serve had already exited)"), ready="exit_code")
+    line("camera password in logs/answers", "credentials", "nowhere", lambda r: ", ".join(r["found_in"]) or "nowhere",
+         ready="found_in")
     print()
     width = max(len(row[0]) for row in table)
     print(f"{'figure':{width}}  {'ok':6}  {'target':26}  result")
