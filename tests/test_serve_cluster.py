@@ -7,8 +7,8 @@ removed through the API while the others stream (no reconnect of the others); a 
 (its pid from the driver's log) comes back up and its files go on without a repeated frame index; /api/cameras
 and /metrics show every camera; the live MJPEG view has the actor's JPEGs; the scene's events reach the driver's
 event store (/api/events, events.db) as the records of the camera's events JSONL; credentials nowhere in the log,
-the responses or the files; SIGTERM exits 0 with every file complete. Plus an unreachable cluster address is one
-line at once."""
+the responses or the files; SIGHUP after the file lost a camera stops only that camera's actor; SIGTERM exits 0
+with every file complete. Plus an unreachable cluster address is one line at once."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def test_serve_on_a_cluster_cameras_come_go_die_and_their_events_are_stored(medi
     line = {"name": "line", "points": [list(p) for p in scene.config.line]}
     lines = [f"output_dir = {toml(str(out))}", "[sinks]", "video = false",
              "[tracker]", "enabled = true", *(f"{k} = {toml(v)}" for k, v in SCENE_TRACKER.items()),
-             "[live]", "read_timeout = 2.0", "reconnect_initial = 0.2", "reconnect_max = 1.0",
+             "[live]", "read_timeout = 5.0", "reconnect_initial = 0.2", "reconnect_max = 1.0",
              "[cluster]", "num_cpus = 0.5",  # three camera actors on a 2-CPU local cluster
              "[serve]", "port = 0", "live_fps = 4.0",
              *(["[mqtt]", f"port = {broker.port}", 'prefix = "svc"'] if broker else []),
@@ -214,7 +214,7 @@ def test_serve_on_a_cluster_cameras_come_go_die_and_their_events_are_stored(medi
         assert records(out / "extra.detections.jsonl"), "extra's outputs were written and finalized"
         wait_for(lambda: serve.camera("street")["processed"] > before["processed"] + 10, 30, "street's frames")
         after = serve.camera("street")
-        assert after["state"] == "up" and after["reconnects"] == before["reconnects"] == 0
+        assert after["state"] == "up" and after["reconnects"] == before["reconnects"] == 0, (before, after)
 
         # -- the live view: the actor's annotated JPEGs
         jpegs = mjpeg_frames(serve.url + "cameras/street/live.mjpg", 2)
@@ -240,7 +240,14 @@ def test_serve_on_a_cluster_cameras_come_go_die_and_their_events_are_stored(medi
         health = serve.get("healthz")
         assert set(health["cameras"]) == {"street", "late"}
         restart_wall = time.time()
-        time.sleep(3)  # events of the new session
+
+        # -- SIGHUP after the file lost a camera: that camera's actor stops, the other one runs on untouched
+        pipeline.write_text(pipeline.read_text().split('[[sources]]\nid = "late"')[0])
+        serve.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded: added none, removed late" in log_path.read_text(), 60, "the reload")
+        assert list(serve.cameras()) == ["street"] and "camera_stopped source=late" in log_path.read_text()
+        time.sleep(2)  # events of the new session
+        assert serve.camera("street")["state"] == "up"
     finally:
         code = serve.stop()
         for server in (street, late, extra):
@@ -252,6 +259,7 @@ def test_serve_on_a_cluster_cameras_come_go_die_and_their_events_are_stored(medi
             broker.kill()
     log = log_path.read_text()
     print(timings)
+    assert log.count("camera_restarted source=street") == 1 and "camera_restarted source=late" not in log
     assert code == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
 
