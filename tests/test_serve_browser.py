@@ -169,12 +169,12 @@ def test_scene_event_in_the_feed_within_two_seconds_and_its_clip_plays(page):
         with urllib.request.urlopen(server.url + "api/events?camera=street", timeout=10) as response:
             return {(e["kind"], e["wall_time"], e["frame"]) for e in json.loads(response.read())["events"]}
 
-    wait_for(lambda: stored() >= {(k, w, f) for k, w, _, f in shown}, 5, "the shown events in /api/events")
+    wait_for(lambda: stored() >= {(k, w, f) for k, w, _, f in shown}, 10, "the shown events in /api/events")
 
     # clicking the oldest shown event plays its clip once the clip is finished (clip_post after the event)
     oldest = tab.locator(live).last
     wall_time = float(oldest.get_attribute("data-wall-time"))
-    wait_for(lambda: service.clip_for("street", wall_time) is not None, 20, "the event's clip")
+    wait_for(lambda: service.clip_for("street", wall_time) is not None, 30, "the event's clip")
     oldest.click()
     video = tab.locator("#clip")
     wait_for(lambda: video.evaluate("v => v.readyState >= 1 && v.duration > 0"), 15, "the clip to load in <video>")
