@@ -3,7 +3,8 @@
 scene whose zone and line are the camera's event rules, and the moving-block test clip. The page loads with a tile
 per camera, each tile's picture changes over time, an event the scene causes appears in the feed within 2 s of the
 frame that caused it (and its clip plays), and a camera killed mid-test turns "down" on the page and "up" again
-when it comes back."""
+when it comes back. Also: a token-protected server opened once with ``?token=``, and six cameras on one page (a
+browser's 6 connections per server: four tiles stream MJPEG, the others poll)."""
 
 from __future__ import annotations
 

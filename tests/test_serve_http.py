@@ -2,7 +2,9 @@
 (tests/rtsp_server.py on Debian's GStreamer, with credentials): cameras listed, added and removed while another
 one streams (its frame indices go on without a gap), one-line JSON errors, the event store queried by time, server-
 sent events (an event and a camera going down and up), MJPEG frames that decode as JPEG and stop being encoded when
-nobody watches, the bearer token (401, refusals logged without it) and credentials in no response."""
+nobody watches, polled latest.jpg leases, a slow event-stream client dropped while the cameras go on, open streams
+ended at once by a shutdown, cameras with only their own zones in /api/events, the bearer token (401, refusals
+logged without it) and credentials in no response or log line."""
 
 from __future__ import annotations
 
