@@ -8,9 +8,12 @@ Exit codes: 0 success, 1 a user-facing error (one line on stderr), 2 bad command
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from streamseg import __version__
 from streamseg.errors import StreamsegError
@@ -314,31 +317,21 @@ def run_cameras(config) -> int:
     """Live sources: every stream of the run at once until Ctrl-C / SIGTERM (or every stream has ended). Exit
     130 when stopped by a signal (outputs are finalized first), 1 when a stream failed for good, else 0."""
     from streamseg.live import LiveRunner
-    from streamseg.redact import RedactingFilter, redact, secrets_of
+    from streamseg.redact import redact
     from streamseg.sources import is_live_input
 
     files = [uri for uri in config.sources if not is_live_input(uri)]
     if files:
         raise StreamsegError(f"live streams and files cannot be mixed in one run: run {redact(files[0])!r} "
                              "separately")
-    # The command line's own log handlers hide credentials (the library's messages name streams without them, but
-    # FFmpeg's may not); library code leaves the host application's logging alone.
-    hide = RedactingFilter(tuple(s for uri in config.sources for s in secrets_of(uri)))
-    handlers = list(logging.getLogger().handlers)
-    for handler in handlers:
-        handler.addFilter(hide)
     from streamseg.config import camera_specs, config_for_camera
     from streamseg.sources import live_source_id
 
     specs = camera_specs(config)
-    try:
-        with LiveRunner(config) as runner:
-            run = runner.run([s.url for s in specs], handle_signals=True,
-                             source_ids=[s.id or live_source_id(s.url) for s in specs],
-                             configs=[config_for_camera(config, s) for s in specs])
-    finally:
-        for handler in handlers:
-            handler.removeFilter(hide)
+    with redacting_handlers(config.sources), LiveRunner(config) as runner:
+        run = runner.run([s.url for s in specs], handle_signals=True,
+                         source_ids=[s.id or live_source_id(s.url) for s in specs],
+                         configs=[config_for_camera(config, s) for s in specs])
     if run.report is not None:
         print(run.report.table(), file=sys.stderr)
     for stream in run.streams.values():
@@ -368,41 +361,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from streamseg.config import load_pipeline
-    from streamseg.redact import RedactingFilter, secrets_of
 
     overrides = {key: value for key, value in (("serve.host", args.host), ("serve.port", args.port),
                                                ("output_dir", args.output_dir), ("backend", args.backend),
                                                ("model.weights", args.weights),
                                                ("cluster.address", args.cluster)) if value is not None}
     config = load_pipeline(args.pipeline, overrides)
-    try:
-        import aiohttp  # noqa: F401 - the optional extra: only serve needs it
-    except ImportError:
-        raise StreamsegError("serve needs aiohttp: pip install 'streamseg[serve]'") from None
+    if importlib.util.find_spec("aiohttp") is None:  # the optional extra: only serve needs it
+        raise StreamsegError("serve needs aiohttp: pip install 'streamseg[serve]'")
     token = config.serve.token
     if not config.serve.loopback and not token:
         raise StreamsegError(f"serve.host = {config.serve.host} is not loopback: set serve.token_file or "
                              "$STREAMSEG_SERVE_TOKEN (every request must then carry it as a bearer token)")
-    hide = RedactingFilter(tuple(s for uri in config.sources for s in secrets_of(uri)))
+    with redacting_handlers(config.sources) as hide:
+        return asyncio.run(_serve(config, token, lambda: load_pipeline(args.pipeline, overrides), hide))
+
+
+@contextmanager
+def redacting_handlers(urls) -> Iterator:
+    """The command line's own log handlers hide the credentials of ``urls`` (the library's messages name streams
+    without them, but FFmpeg's may not) while the block runs; library code leaves the host application's logging
+    alone. Yields the filter (``add`` more secrets to it)."""
+    from streamseg.redact import RedactingFilter, secrets_of
+
+    hide = RedactingFilter(tuple(s for uri in urls for s in secrets_of(uri)))
     handlers = list(logging.getLogger().handlers)
     for handler in handlers:
         handler.addFilter(hide)
     try:
-        return asyncio.run(_serve(config, token, lambda: load_pipeline(args.pipeline, overrides)))
+        yield hide
     finally:
         for handler in handlers:
             handler.removeFilter(hide)
 
 
-async def _serve(config, token: str | None, reread) -> int:
+async def _serve(config, token: str | None, reread, hide) -> int:
     import asyncio
     import signal
 
+    from streamseg.redact import secrets_of
     from streamseg.service import CameraService
     from streamseg.service.http import serve_http
 
     loop = asyncio.get_running_loop()
-    service = CameraService(config)  # loads the model
+    service = CameraService(config, on_url=lambda url: hide.add(secrets_of(url)))  # loads the model
     stopping = asyncio.Event()
 
     async def reload() -> None:

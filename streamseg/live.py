@@ -457,23 +457,22 @@ class LiveRunner(ModelRunner):
 
         return detect
 
-    def _stream_of(self, result: FrameResult) -> StreamRun | None:
-        """The stream a result belongs to; None when it was removed (or removed and added again) meanwhile."""
+    @contextmanager
+    def _locked_stream(self, result: FrameResult) -> Iterator[StreamRun | None]:
+        """The stream a result belongs to, held against removal for the block; None when it was removed (or
+        removed and added again) meanwhile: its results in flight are dropped."""
         stream = self._streams.get(result.frame.source_id)
         if stream is None or result.frame.capture_time < stream.created:
-            return None
-        return stream
+            yield None
+            return
+        with stream.lock:
+            yield None if stream.closed else stream
 
     def _analyze_stage(self, metrics: LiveMetrics):
         def analyze(results) -> Iterator[FrameResult]:
             for result in results:
-                stream = self._stream_of(result)
-                if stream is None:
-                    continue
-                with stream.lock:
-                    if stream.closed:
-                        continue
-                    ready = self._analyze(stream, result, metrics)
+                with self._locked_stream(result) as stream:
+                    ready = self._analyze(stream, result, metrics) if stream is not None else []
                 yield from ready
 
         return analyze
@@ -498,11 +497,8 @@ class LiveRunner(ModelRunner):
 
         def write(results) -> Iterator[FrameResult]:
             for result in results:
-                stream = self._stream_of(result)
-                if stream is None:
-                    continue
-                with stream.lock:
-                    if stream.closed:
+                with self._locked_stream(result) as stream:
+                    if stream is None:
                         continue
                     processor = stream.processor
                     processor.write(result)  # a failing output is logged and dropped there; the others go on

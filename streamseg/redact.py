@@ -76,6 +76,10 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self.secrets = tuple(secrets)
 
+    def add(self, secrets: Iterable[str]) -> None:
+        """Hide these too (a camera added while running); thread-safe: the tuple is replaced, never changed."""
+        self.secrets = tuple(sorted({*self.secrets, *secrets}, key=len, reverse=True))
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         clean = redact(message, self.secrets)

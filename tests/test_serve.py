@@ -112,6 +112,11 @@ def test_serve_waits_for_a_camera_that_appears_later_and_stops_cleanly(tmp_path)
         camera.start()
         serve.wait_state("door", "up", 30)
         time.sleep(1)
+        request = urllib.request.Request(serve.url + "api/cameras", method="POST", data=json.dumps(
+            {"id": "gone", "url": f"rtsp://viewer:{PASSWORD}@127.0.0.1:{free_port()}/x"}).encode())
+        with urllib.request.urlopen(request, timeout=10) as response:  # a camera with credentials, never up
+            assert response.status == 201 and PASSWORD not in response.read().decode()
+        serve.wait_state("gone", "down", 15)
         listing = json.dumps(serve.get("api/cameras"))
         assert PASSWORD not in listing and "viewer" not in listing
     finally:

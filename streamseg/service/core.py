@@ -62,9 +62,13 @@ class _Camera:
 class CameraService:
     """See the module docstring. Thread-safe; a context manager (``start`` on enter, ``stop`` on exit)."""
 
-    def __init__(self, config: PipelineConfig, backend=None, *, engine=None):
+    def __init__(self, config: PipelineConfig, backend=None, *, engine=None,
+                 on_url: Callable[[str], None] | None = None):
         """``engine``: a camera engine built by the caller (default: :class:`LocalCameras`, or with ``[cluster]
-        address`` :class:`streamseg.cluster.cameras.ClusterCameras`); ``backend``: the local engine's model."""
+        address`` :class:`streamseg.cluster.cameras.ClusterCameras`); ``backend``: the local engine's model;
+        ``on_url``: called with each camera's URL before it starts (the command line's log filter learns its
+        credentials)."""
+        self.on_url = on_url
         specs = camera_specs(config)
         for spec in specs:
             if not is_live_input(spec.url):
@@ -139,6 +143,8 @@ class CameraService:
             raise ConfigError(f"camera: {redact_url(spec.url)!r} is not a camera URL (rtsp://, http(s)://, "
                               "v4l2://, /dev/video*)")
         config = config_for_camera(self.config, spec)
+        if self.on_url is not None:
+            self.on_url(spec.url)
         with self._lock:
             if not self.running:
                 raise StreamsegError("the camera service is not running")
