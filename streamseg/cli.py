@@ -187,8 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="the always-on camera service: cameras retried forever, a live page, "
                                 "an HTTP API, events to SQLite (and MQTT); until SIGTERM / Ctrl-C")
-    serve.add_argument("--pipeline", required=True, help="TOML file: its sources are the cameras ([[sources]] "
-                       "tables: url, id, zones, lines); SIGHUP re-reads it")
+    serve.add_argument("cameras", nargs="*", metavar="URL", help="cameras (rtsp://..., in place of the pipeline's "
+                       "sources; more can be added through the API)")
+    serve.add_argument("--pipeline", help="TOML file: its sources are the cameras ([[sources]] tables: url, id, "
+                       "zones, lines); SIGHUP re-reads it")
     serve.add_argument("--host", help="listen here (default 127.0.0.1; any other host needs a token: "
                        "serve.token_file or $STREAMSEG_SERVE_TOKEN)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8080; 0: any free port)")
@@ -360,13 +362,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port that is taken; an unreachable camera is never a reason to exit (it is retried forever)."""
     import asyncio
 
-    from streamseg.config import load_pipeline
+    from streamseg.config import build_config, load_pipeline
 
     overrides = {key: value for key, value in (("serve.host", args.host), ("serve.port", args.port),
                                                ("output_dir", args.output_dir), ("backend", args.backend),
                                                ("model.weights", args.weights),
                                                ("cluster.address", args.cluster)) if value is not None}
-    config = load_pipeline(args.pipeline, overrides)
+    if args.cameras:
+        overrides["sources"] = list(args.cameras)
+    if args.pipeline is None and not args.cameras:
+        raise StreamsegError("serve: give camera URLs or a --pipeline that lists them")
+
+    def read_config():
+        if args.pipeline is None:
+            return build_config({}, overrides, origin="command line")
+        return load_pipeline(args.pipeline, overrides)
+
+    config = read_config()
     if importlib.util.find_spec("aiohttp") is None:  # the optional extra: only serve needs it
         raise StreamsegError("serve needs aiohttp: pip install 'streamseg[serve]'")
     token = config.serve.token
@@ -374,7 +386,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise StreamsegError(f"serve.host = {config.serve.host} is not loopback: set serve.token_file or "
                              "$STREAMSEG_SERVE_TOKEN (every request must then carry it as a bearer token)")
     with redacting_handlers(config.sources) as hide:
-        return asyncio.run(_serve(config, token, lambda: load_pipeline(args.pipeline, overrides), hide))
+        return asyncio.run(_serve(config, token, read_config, hide))
 
 
 @contextmanager
