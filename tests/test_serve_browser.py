@@ -222,6 +222,30 @@ def test_with_a_token_the_page_works_from_one_token_link(page):
             context.close()
 
 
+def test_the_page_recovers_when_the_server_restarts(page):
+    """The HTTP server stopped and started again on the same port (a service restart) under an open page: the
+    event stream reconnects by itself and the live pictures move again without a reload."""
+    from streamseg.service.http import serving_in_thread
+
+    tab, service = page[0], page[1]
+    context = tab.browser.new_context()
+    try:
+        other = context.new_page()
+        with serving_in_thread(service, "127.0.0.1", 0) as server:
+            port = server.port
+            other.goto(server.url)
+            picture_changes(other, "street")
+            wait_for(lambda: other.locator("#link").inner_text() == "live", 10, "the event stream connected")
+        wait_for(lambda: other.locator("#link").inner_text() != "live", 10, "the page to see the server gone")
+        time.sleep(1.0)
+        with serving_in_thread(service, "127.0.0.1", port):
+            wait_for(lambda: other.locator("#link").inner_text() == "live", 15, "the event stream back")
+            picture_changes(other, "street")
+            picture_changes(other, "block")
+    finally:
+        context.close()
+
+
 def test_six_cameras_stream_or_poll_without_starving_the_page(page, tmp_path):
     """A browser opens at most 6 connections to a server: with six cameras the page streams four, polls the
     others' latest.jpg, and its own requests still go through; removed cameras leave the page."""
