@@ -304,3 +304,78 @@ def test_an_unreachable_cluster_is_one_line_at_once(tmp_path):
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert errors and "127.0.0.1:9" in errors[-1] and "cannot connect" in errors[-1], done.stderr
     assert "Traceback" not in done.stderr and PASSWORD not in done.stderr + done.stdout
+
+
+def test_camera_actor_in_service_mode_reports_events_states_and_pictures_only_while_watched(tmp_path, monkeypatch):
+    """The camera actor itself, without Ray (it is a plain class): unreachable at start it keeps retrying (never
+    ends); once its camera appears its status brings the up/down changes and the events as whole records (its own
+    store and MQTT are off: the driver's); it encodes pictures only while asked for them; stop hands over the rest."""
+    import logging
+
+    from streamseg.cluster.cameras import PICTURE_LEASE, CameraActor
+    from streamseg.config import build_config
+    from test_live import BlockDetector
+
+    monkeypatch.setattr("streamseg.models.build_backend", lambda *args, **kwargs: BlockDetector())
+    root, level = list(logging.getLogger().handlers), logging.getLogger("streamseg").level
+    monkeypatch.setattr(logging.getLogger(), "handlers", root)  # the actor adds its own stderr handler
+    block = make_clip(tmp_path / "block.mp4", 30)  # 25 frames/s: the block enters the right half within 3 s
+    server = RtspServer({"/cam": block}, user=USER, password=PASSWORD)
+    config = build_config({
+        "output_dir": str(tmp_path), "backend": "none", "sinks": {"video": False, "event_store": False},
+        "tracker": {"min_hits": 2},
+        "events": {"units": "relative", "zones": [{"name": "right", "polygon": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]],
+                                                  "classes": ["person"]}]},
+        "live": {"read_timeout": 5.0, "reconnect_initial": 0.2, "reconnect_max": 0.5},
+        "serve": {"live_fps": 5.0}})
+    actor = CameraActor(config, server.url("/cam"), "cam", service=True)
+    try:
+        wait_for(lambda: actor.state == "retrying", 20, "the first failed connection")
+        time.sleep(2)
+        status = actor.status()
+        assert status["state"] == "retrying" and [c[0] for c in status["changes"]] == ["down"]
+        assert PASSWORD not in json.dumps(status)
+        server.start()
+        records_seen, changes = [], []
+
+        def poll():
+            status = actor.status()
+            records_seen.extend(status["records"])
+            changes.extend(c[0] for c in status["changes"])
+            return status
+
+        wait_for(lambda: poll()["processed"] > 20 and records_seen, 40, "frames and events of the camera")
+        assert changes[:1] == ["up"] and actor.state == "running"
+        assert all(r["schema"] == "streamseg.events/1" and r["source"] == "cam" for r in records_seen)
+        assert actor.picture(None, 0, watching=False)[1:] == (0, None)  # nobody watched: nothing encoded
+        time.sleep(1)
+        assert actor.picture(None, 0, watching=False)[1] == 0
+        actor.picture(None, 0)  # watched from now on (a lease of PICTURE_LEASE s)
+        time.sleep(1.5)
+        session, seq, jpeg = actor.picture(None, 0)
+        assert seq >= 3 and jpeg[:2] == b"\xff\xd8"
+        assert actor.picture(session, seq)[2] in (None, jpeg) or actor.picture(session, seq)[1] > seq
+        actor.picture(session, seq, watching=False)
+        time.sleep(0.5)
+        stopped_at = actor.picture(None, 0, watching=False)[1]
+        time.sleep(1.5)
+        assert actor.picture(None, 0, watching=False)[1] == stopped_at  # not watched: not encoded
+        actor.picture(None, 0)
+        time.sleep(PICTURE_LEASE + 1.0)  # the lease ran out without another request
+        leased = actor.picture(None, 0, watching=False)[1]
+        time.sleep(1.0)
+        assert actor.picture(None, 0, watching=False)[1] == leased
+        server.kill()
+        wait_for(lambda: "down" in (poll() and changes), 20, "the camera down")
+        time.sleep(1)
+        assert actor.state == "retrying" and actor._thread.is_alive()  # never ends because the camera is down
+        final = actor.stop()
+        records_seen.extend(final["records"])
+        assert final["state"] == "stopped" and not actor._thread.is_alive()
+    finally:
+        actor.stop()
+        server.kill()
+        logging.getLogger("streamseg").setLevel(level)
+    written = records(tmp_path / "cam.events.jsonl")
+    assert sorted(map(json.dumps, written)) == sorted(map(json.dumps, records_seen))  # every event handed over
+    assert not (tmp_path / "events.db").exists()

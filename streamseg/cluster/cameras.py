@@ -251,7 +251,7 @@ class CameraActor:
             if now < self._watched_until and now >= self._picture_due:
                 self._picture_due = now + 1.0 / self._config.serve.live_fps
                 self._encode(result)
-        if self.state != "running":
+        elif self.state != "running":  # (the service's state follows the stream's up/down: _on_status)
             self.state, self.reason = "running", None
 
     def _encode(self, result) -> None:
