@@ -54,6 +54,8 @@ class _Camera:
     state: str = "connecting"
     since: float = field(default_factory=time.time)
     events: int = 0
+    watchers: int = 0
+    """Viewers of this camera (this one: a camera removed and added again under its id starts at 0)."""
 
     def plan(self) -> CameraPlan:
         return CameraPlan(self.spec.url, self.id, self.config)
@@ -257,14 +259,17 @@ class CameraService:
     def watch(self, camera_id: str) -> Iterator[None]:
         """While held, ``camera_id``'s annotated frames are encoded (at most ``serve.live_fps``)."""
         with self._lock:
-            if camera_id not in self._cameras:
-                raise KeyError(camera_id)
-            self.engine.watch(camera_id, True)
+            camera = self._cameras[camera_id]
+            camera.watchers += 1
+            if camera.watchers == 1:
+                self.engine.watch(camera_id, True)
         try:
             yield
         finally:
             with self._lock:
-                self.engine.watch(camera_id, False)
+                camera.watchers -= 1
+                if not camera.watchers and self._cameras.get(camera_id) is camera:  # not removed meanwhile
+                    self.engine.watch(camera_id, False)
 
     def latest_jpeg(self, camera_id: str) -> tuple[int, bytes | None]:
         with self._lock:
