@@ -558,12 +558,16 @@ class CameraSupervisor:
     def step(self) -> None:
         """Read the alive nodes and every actor's status; re-place cameras whose node is gone; place the waiting."""
         nodes = self._alive_nodes()
+        lost = []
         with self._lock:
             for camera in self.cameras.values():
                 if camera.actor is not None and camera.node not in nodes and not camera.done:
                     log.warning("camera_node_lost source=%s node=%s: placing it on another node", camera.source_id,
                                 _short(camera.node))
                     self._drop_actor(camera)
+                    lost.append(camera)
+        for camera in lost:
+            self._lost(camera)  # (outside the lock: it calls the service back)
         self._poll_status()
         with self._lock:
             self._place(nodes)
@@ -611,11 +615,13 @@ class CameraSupervisor:
                 continue
             except ray.exceptions.RayActorError as err:  # dead for good (its node is gone, or Ray gave up)
                 with self._lock:
-                    if camera.actor is not None and not camera.removed:
+                    dropped = camera.actor is not None and not camera.removed
+                    if dropped:
                         log.warning("camera_actor_died source=%s node=%s (%s): placing it again",
                                     camera.source_id, _short(camera.node), _first_line(err))
                         self._drop_actor(camera)
-                        self._lost(camera)
+                if dropped:
+                    self._lost(camera)  # (outside the lock: it calls the service back)
                 continue
             except Exception as err:  # noqa: BLE001 - a bug in status(): keep supervising
                 log.error("camera_status_failed source=%s error=%s", camera.source_id, _first_line(err))
@@ -623,7 +629,8 @@ class CameraSupervisor:
             self._update(camera, status)
 
     def _lost(self, camera: Camera) -> None:
-        """The camera's actor process died (the service shows the camera down until the new one reports)."""
+        """The camera's actor process died or its node is gone (the service shows the camera down until the new
+        one reports). Called without :attr:`_lock` held."""
 
     def _update(self, camera: Camera, status: dict) -> None:
         sid = camera.source_id
