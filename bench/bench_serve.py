@@ -21,22 +21,26 @@ the HTTP API on a free port. Figures, in the order they are measured:
    ``<prefix>/+/events`` counts what reached it (a subset: it misses what is published while it reconnects).
 5. add/remove: a second camera added (POST /api/cameras) and removed (DELETE) while the first runs. The demo
    model on a CPU does not keep up with a 10 frames/s camera, so the freshest-frame buffer skips frame indices
-   (counted as dropped) even with nothing wrong: gaps of 3-5 with one camera, up to ~10 with two on a shared
-   2-core machine shared with other jobs. The first camera's largest index gap (its detections JSONL) while the
+   (counted as dropped) even with nothing wrong: gaps of 3-13 with one camera, up to 20 with two, on a 2-core
+   machine shared with other jobs. The first camera's largest index gap (its detections JSONL) while the
    second is added (POST until it has been up 2 s) and while it is removed (DELETE and 3 s after) is printed
    beside the largest with both running and before. An interruption is a gap there over the larger of 20 (2 s of
    camera time; a camera restart takes longer) and those two, the same for stream time without a processed frame
    (a reconnect keeps the index but not the clock), a reconnect, any state but "up", or an index that goes back.
 
-Also checked: the camera's password appears nowhere (serve's log, API answers, /metrics, the page).
+Also checked: the camera's password appears nowhere (serve's log, API answers, /metrics, the page); and, as an
+informational row, whether the retained ``<prefix>/<camera>/state`` followed each camera cycle ("down" after the
+kill, no "up" until /api/cameras says the camera is back). ``--json`` also gets the MQTT state/availability
+messages with their UTC times, to line up with serve's log.
 
-    .venv/bin/python bench/bench_serve.py            # the full run (about 15-20 minutes on 2 CPU cores)
-    .venv/bin/python bench/bench_serve.py --quick    # 3 camera cycles, 1 broker cycle, shorter waits
+    .venv/bin/python bench/bench_serve.py            # the full run (about 7 minutes on 2 CPU cores)
+    .venv/bin/python bench/bench_serve.py --quick    # 3 camera cycles, 1 broker cycle, shorter waits (2.5 min)
 
 Exit status: 0 when every target is met, 1 when one is missed (or the service misbehaved), 2 when mosquitto or
 the GStreamer RTSP server is missing. ``--keep DIR`` keeps the pipeline file, outputs and serve's log there.
 The pipeline turns the annotated video, the tracks file and the summary off (README: the tracks file is kept in
-memory; off for endless live streams); everything else is the defaults a user gets, [live] included.
+memory; off for endless live streams) and sets mqtt.queue_size = 2 (``--mqtt-queue``) so that the broker
+outages overflow it; everything else is the defaults a user gets, [live] included.
 """
 
 from __future__ import annotations
