@@ -51,6 +51,7 @@ from streamseg.models import Backend
 from streamseg.pipeline import detect_every
 from streamseg.redact import redact
 from streamseg.sinks.base import appending, last_line
+from streamseg.sinks.mqtt import publish_state
 from streamseg.sinks.recording import EventClipper, SegmentRecorder
 from streamseg.sources import LiveSource, Reconnect, StreamStatus, live_source_id
 from streamseg.stream import ModelRunner, StreamProcessor, error_line
@@ -527,6 +528,9 @@ class LiveRunner(ModelRunner):
             stream.status_file.flush()
             if stream.processor is not None and status.kind in ("stream_up", "stream_down"):
                 stream.processor.stream_state(status.kind == "stream_up")  # MQTT's retained state follows
+            elif stream.processor is None and status.kind != "stream_up" and self.config.mqtt.enabled \
+                    and (stream.config or self.config).events.enabled:
+                publish_state(self.shared.publisher(), stream.source_id, False)  # not up yet: say so on the broker
         if self.on_status is not None:
             self.on_status(stream, status)
         event_log.info("%s %s%s", status.kind, status.source_id, f" ({status.reason})" if status.reason else "")

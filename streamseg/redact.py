@@ -10,6 +10,7 @@ Imports nothing else of streamseg, so every stage and the composition layer can 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Iterable
@@ -60,9 +61,15 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", str(text))
     text = _SECRET_PARAMS.sub(lambda m: f"{m['key']}{MASK}", text)
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
+        if secret and secret in text:
+            text = _standalone(secret).sub(MASK, text)
     return text
+
+
+@functools.lru_cache(maxsize=256)
+def _standalone(secret: str) -> re.Pattern:
+    """``secret`` where it is not part of a longer word: user "cam" is masked in ``cam:pw@`` but "camera" stays."""
+    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])")
 
 
 class RedactingFilter(logging.Filter):

@@ -1,5 +1,6 @@
-"""Test helpers for live streams: a real RTSP server process (tests/rtsp_server.py on Debian's GStreamer) and the
-H.264 clips it serves. Used by tests/test_live.py and bench/bench_live.py."""
+"""Test helpers for live streams: a real RTSP server process (tests/rtsp_server.py on Debian's GStreamer), the
+H.264 clips it serves (a moving block, or a generated street scene with events) and waiting for a condition. Used by
+tests/test_live.py, tests/test_serve*.py and the live benches."""
 
 from __future__ import annotations
 
@@ -67,6 +68,49 @@ def make_clip(path: Path, seconds: float, width: int = 320, height: int = 240, f
         for packet in stream.encode(None):
             container.mux(packet)
     return path
+
+
+def scene_clip(path: Path, seconds: int, fps: int, loops: int = 1, seed: int = 3):
+    """A generated street scene (:mod:`streamseg.scenes`, with events) as an H.264 MP4 the RTSP server can stream
+    (no B-frames, a keyframe every second, as :func:`make_clip`): ``seconds`` rendered once and played ``loops``
+    times in a row (the packets again with later timestamps), so a camera outlasts a slow test without rendering
+    every second of it. Returns ``(path, scene)``."""
+    from streamseg.scenes import Scene, SceneConfig
+
+    scene = Scene(SceneConfig(seed=seed, fps=fps, frames=fps * seconds))
+    cfg = scene.config
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = cfg.width, cfg.height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(fps), "bf": "0", "crf": "23", "threads": "1"}
+        packets = []
+        for index in range(cfg.frames + 1):
+            if index < cfg.frames:
+                frame = av.VideoFrame.from_ndarray(scene.render(index).image, format="rgb24")
+                frame.pts, frame.time_base = index, Fraction(1, fps)
+            else:
+                frame = None  # flush the encoder
+            packets += [(bytes(p), p.pts, p.dts, p.is_keyframe, p.time_base) for p in stream.encode(frame)]
+        for loop in range(loops):
+            for data, pts, dts, keyframe, time_base in packets:  # time_base 1/fps: frame numbers
+                packet = av.Packet(data)
+                packet.pts, packet.dts = pts + loop * cfg.frames, dts + loop * cfg.frames
+                packet.time_base, packet.stream, packet.is_keyframe = time_base, stream, keyframe
+                container.mux(packet)
+    return path, scene
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """``predicate()``'s first truthy value, polled every ``interval`` s; an AssertionError naming ``what``
+    after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 class RtspServer:

@@ -78,6 +78,16 @@ def test_redact_url(text, expected):
     assert redact_url(text) == expected
 
 
+def test_a_user_name_is_masked_as_a_word_not_inside_other_words():
+    secrets = secrets_of("rtsp://cam:pw-9x@10.0.0.7/s")
+    assert redact("camera_added id=yard for user cam (pw-9x)", secrets) == "camera_added id=yard for user *** (***)"
+    filter_ = RedactingFilter(())
+    filter_.add(secrets)  # a camera added while running
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "login cam:%s", ("pw-9x",), None)
+    filter_.filter(record)
+    assert record.getMessage() == "login ***"
+
+
 def test_redact_secrets_outside_urls_and_in_log_records(caplog):
     url = f"rtsp://bob:{PASSWORD.replace('!', '%21')}@127.0.0.1/cam"
     secrets = secrets_of(url)

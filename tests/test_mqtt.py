@@ -226,3 +226,56 @@ def test_bad_mqtt_config_is_one_line_and_never_shows_the_password():
     assert "hunter22" not in repr(MqttOptions(username="u", password="hunter22"))
     assert build_config({"mqtt": {}}).mqtt.enabled and not build_config({}).mqtt.enabled
     assert not build_config({"mqtt": {"enabled": False}}).mqtt.enabled
+
+
+def test_a_full_buffer_drops_events_never_the_newest_state(tmp_path):
+    """Broker away, buffer of 3: events make room for each other, a camera's retained state is never evicted by
+    them (it would go stale on the broker), and a newer state replaces the queued one of its topic."""
+    publisher = mqtt_sink.MqttPublisher(MqttOptions(enabled=True, port=free_port(), prefix="p", queue_size=3))
+    try:
+        mqtt_sink.publish_state(publisher, "door", False)
+        for i in range(5):
+            publisher.put("p/door/events", f"e{i}", event=True)
+        mqtt_sink.publish_state(publisher, "door", True)
+        queued = [(topic, payload) for topic, payload, _, _ in publisher._buffer]
+        assert queued == [("p/door/events", "e3"), ("p/door/events", "e4"), ("p/door/state", "up")]
+        assert publisher.published == 5 and publisher.dropped == 3
+    finally:
+        publisher.close()
+
+
+@pytest.mark.skipif(__import__("live_server").gstreamer_missing() is not None, reason="no GStreamer RTSP server")
+def test_retained_state_follows_a_live_camera(broker, tmp_path):
+    """down while a camera never came up; up with its first result; down when it dies (and it stays down while
+    results still in flight are written); up again when it returns."""
+    from live_server import RtspServer, make_clip
+    from streamseg.live import LiveRunner
+    from streamseg.models import ModelOptions, NoDetections
+
+    camera = RtspServer({"/gate": make_clip(tmp_path / "clip.mp4", 30)})
+    config = build_config({"output_dir": str(tmp_path / "out"), "backend": "none", "sinks": {"video": False},
+                           "tracker": {}, "events": {"lines": [{"name": "l", "points": [[0, 100], [300, 100]]}]},
+                           "live": {"read_timeout": 2.0, "reconnect_initial": 0.2, "reconnect_max": 0.5},
+                           "mqtt": {"port": broker.port, "prefix": "site", "qos": 1}})
+    sub = Subscriber(broker.port, "site")
+    runner = LiveRunner(config, NoDetections(ModelOptions()), keep_running=True)
+    thread = threading.Thread(target=runner.run, args=([camera.url("/gate")],), kwargs={"source_ids": ["gate"]})
+    thread.start()
+    try:
+        assert sub.wait_for("site/gate/state", 1) == ["down"]  # never connected yet: down, not silence
+        camera.start()
+        assert sub.wait_for("site/gate/state", 2, 20)[-1] == "up"
+        time.sleep(1)
+        camera.kill()
+        assert sub.wait_for("site/gate/state", 3, 10)[-1] == "down"
+        time.sleep(2.5)  # the results of frames received before the death are written meanwhile
+        assert sub.on("site/gate/state")[-1] == "down"
+        camera.start()
+        assert sub.wait_for("site/gate/state", 4, 20)[-1] == "up"
+    finally:
+        runner.stop()
+        thread.join(30)
+        runner.close()
+        camera.kill()
+        sub.close()
+    assert sub.on("site/gate/state") == ["down", "up", "down", "up", "down"]

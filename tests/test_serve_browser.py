@@ -12,16 +12,13 @@ import importlib.util
 import json
 import time
 import urllib.request
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import pytest
 
-from live_server import RtspServer, gstreamer_missing, make_clip
+from live_server import RtspServer, gstreamer_missing, make_clip, scene_clip, wait_for
 from streamseg.config import build_config
 from streamseg.evaluation import SCENE_TRACKER
-from streamseg.scenes import Scene, SceneConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
 FPS = 5  # the scene's frame rate: the demo model on two CI cores keeps up with most frames of both cameras
@@ -39,49 +36,14 @@ _skip = _why_not()
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
 
 
-def scene_clip(path: Path, seconds: int, loops: int) -> tuple[Path, Scene]:
-    """The generated street scene as an H.264 MP4 the RTSP server can stream (one slice per picture, no B-frames,
-    a keyframe every second, as tests/live_server.make_clip): ``seconds`` of scene rendered once and played
-    ``loops`` times in a row (the packets again with later timestamps), so the camera outlasts a slow test run
-    without rendering every second of it."""
-    scene = Scene(SceneConfig(seed=3, fps=FPS, frames=FPS * seconds))
-    cfg = scene.config
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = cfg.width, cfg.height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "g": str(FPS), "bf": "0", "crf": "23", "threads": "1"}
-        packets = []
-        for index in range(cfg.frames + 1):
-            if index < cfg.frames:
-                frame = av.VideoFrame.from_ndarray(scene.render(index).image, format="rgb24")
-                frame.pts, frame.time_base = index, Fraction(1, FPS)
-            else:
-                frame = None  # flush the encoder
-            packets += [(bytes(p), p.pts, p.dts, p.is_keyframe, p.time_base) for p in stream.encode(frame)]
-        for loop in range(loops):
-            for data, pts, dts, keyframe, time_base in packets:  # time_base 1/FPS: frame numbers
-                packet = av.Packet(data)
-                packet.pts, packet.dts = pts + loop * cfg.frames, dts + loop * cfg.frames
-                packet.time_base, packet.stream, packet.is_keyframe = time_base, stream, keyframe
-                container.mux(packet)
-    return path, scene
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
 def cameras(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser_clips")
-    street, scene = scene_clip(folder / "street.mp4", 60, loops=5)
+    street, scene = scene_clip(folder / "street.mp4", 60, FPS, loops=5)
     block = make_clip(folder / "block.mp4", 300, fps=FPS)
     street_server = RtspServer({"/street": street}, user="viewer", password="Br0wser-pw").start()
     block_server = RtspServer({"/block": block}).start()

@@ -21,14 +21,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
-from live_server import RtspServer, gstreamer_missing, make_clip
+from live_server import RtspServer, gstreamer_missing, make_clip, scene_clip, wait_for
 from streamseg.evaluation import SCENE_TRACKER
-from streamseg.scenes import Scene, SceneConfig
 from streamseg.sinks.event_store import query_events
 
 USER, PASSWORD = "clusterop", "Srv-Cl5ter-pw!"
@@ -44,35 +42,8 @@ except BaseException:  # noqa: BLE001 - pytest.importorskip's Skipped: paho-mqtt
     MOSQUITTO = None
 
 
-def scene_clip(path: Path, seconds: int) -> tuple[Path, Scene]:
-    """The generated street scene as an H.264 MP4 the RTSP server can stream (as tests/test_serve_browser.py)."""
-    import av
-
-    scene = Scene(SceneConfig(seed=3, fps=FPS, frames=FPS * seconds))
-    cfg = scene.config
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = cfg.width, cfg.height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "g": str(FPS), "bf": "0", "crf": "23", "threads": "1"}
-        for index in range(cfg.frames):
-            frame = av.VideoFrame.from_ndarray(scene.render(index).image, format="rgb24")
-            frame.pts, frame.time_base = index, Fraction(1, FPS)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path, scene
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def toml(value) -> str:
@@ -158,7 +129,7 @@ def mjpeg_frames(url: str, count: int, timeout: float = 30) -> list[bytes]:
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve_cluster_clips")
-    street, scene = scene_clip(folder / "street.mp4", 120)
+    street, scene = scene_clip(folder / "street.mp4", 120, FPS)
     block = make_clip(folder / "block.mp4", 120, fps=FPS)
     return street, scene, block
 

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
-from live_server import RtspServer, gstreamer_missing, make_clip
+from live_server import RtspServer, gstreamer_missing, make_clip, wait_for
 from streamseg.config import build_config
 from streamseg.errors import ConfigError
 from streamseg.sinks.event_store import query_events
@@ -38,15 +38,6 @@ LIVE_FPS = 4.0
 RIGHT_HALF = {"name": "right", "polygon": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]], "classes": ["person"]}
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Client:

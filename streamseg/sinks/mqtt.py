@@ -35,7 +35,7 @@ from streamseg.sinks.base import Sink
 from streamseg.sinks.events import event_record
 from streamseg.types import FrameResult
 
-__all__ = ["FLUSH_SECONDS", "MqttPublisher", "MqttEventsSink", "topic_name"]
+__all__ = ["FLUSH_SECONDS", "MqttPublisher", "MqttEventsSink", "publish_state", "topic_name"]
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +125,28 @@ class MqttPublisher:
     # -- the pipeline's side -----------------------------------------------------------------------------------------
 
     def put(self, topic: str, payload: str, *, retain: bool = False, event: bool = False) -> None:
-        """Queue one message; never waits (a full buffer drops its oldest message)."""
+        """Queue one message; never waits. A full buffer drops its oldest event (counted); states are kept, the
+        newest per topic."""
         with self._cond:
             if self._closing:
                 if event:
                     self.published += 1
                     self.dropped += 1
                 return
+            if not event:  # a newer state supersedes one still queued for the same topic
+                self._buffer = deque(m for m in self._buffer if m[3] or m[0] != topic)
             if len(self._buffer) >= self.options.queue_size:
-                _, _, _, was_event = self._buffer.popleft()
-                if was_event:
+                # the oldest EVENT makes room: a retained state is never lost to events (it would go stale)
+                victim = next((m for m in self._buffer if m[3]), None)
+                if victim is not None:
+                    self._buffer.remove(victim)
                     self.dropped += 1
+                elif event:  # only states queued (more cameras than queue_size): this event is dropped
+                    self.published += 1
+                    self.dropped += 1
+                    return
+                else:
+                    self._buffer.popleft()
             self._buffer.append((topic, payload, retain, event))
             if event:
                 self.published += 1
@@ -213,9 +224,8 @@ class MqttEventsSink(Sink):
         self.camera = topic_name(source_id)
         self.path = f"mqtt://{options.host}:{options.port}/{options.prefix}/{self.camera}"  # names it in errors
         self.topic = f"{options.prefix}/{self.camera}/events"
-        self.state_topic = f"{options.prefix}/{self.camera}/state"
         self.events_written = 0
-        self._up = False
+        self._up = self._written = False
         self._closed = False
 
     @property
@@ -227,12 +237,14 @@ class MqttEventsSink(Sink):
         """The stream went up or down (a live camera's reconnects): the retained state follows at once."""
         if not self._closed and up != self._up:
             self._up = up
-            self.publisher.put(self.state_topic, "up" if up else "down", retain=True)
+            publish_state(self.publisher, self.camera, up)
 
     def write(self, result: FrameResult) -> None:
         if self._closed:
             raise ValueError(f"write to closed MqttEventsSink({self.path})")
-        self.state(True)
+        if not self._written:  # up with the first result; later, only the stream's own up/down changes it (results
+            self._written = True  # still in flight after a stream_down must not say "up" again)
+            self.state(True)
         for event in result.events:
             line = json.dumps(event_record(event), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
             self.publisher.put(self.topic, line, event=True)
@@ -242,4 +254,9 @@ class MqttEventsSink(Sink):
         if self._closed:
             return
         self._closed = True
-        self.publisher.put(self.state_topic, "down", retain=True)
+        publish_state(self.publisher, self.camera, False)
+
+
+def publish_state(publisher: MqttPublisher, source_id: str, up: bool) -> None:
+    """The retained ``<prefix>/<camera>/state`` of a stream (also for one that has not been up yet)."""
+    publisher.put(f"{publisher.prefix}/{topic_name(source_id)}/state", "up" if up else "down", retain=True)
