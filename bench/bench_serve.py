@@ -794,15 +794,16 @@ def main() -> int:
         results["notes"].append(f"while the camera was away from the start, MQTT had: {r} (None: no message)")
     try:
         from streamseg.config import load_pipeline
+        from streamseg.live import ALWAYS_ON_BACKOFF_MAX
         from streamseg.sources.live import Reconnect
 
-        live = load_pipeline(pipeline).live
-        worst = Reconnect(live.reconnect_initial, live.reconnect_max)
+        live = load_pipeline(pipeline).live  # serve caps the backoff (streamseg.live.ALWAYS_ON_BACKOFF_MAX)
+        worst = Reconnect(live.reconnect_initial, min(live.reconnect_max, ALWAYS_ON_BACKOFF_MAX))
         worst = worst.maximum * (1 + worst.jitter)
         if worst > 30:
             results["notes"].append(
-                f"pickup after a long absence: the next attempt can be up to {worst:.0f} s away (live.reconnect_max "
-                f"{live.reconnect_max:g} s + {Reconnect.jitter:.0%} jitter), so <= 30 s holds only by chance; the "
+                f"pickup after a long absence: the next attempt can be up to {worst:.0f} s away (the backoff's cap "
+                f"{worst / (1 + Reconnect.jitter):g} s + {Reconnect.jitter:.0%} jitter), so <= 30 s holds only by chance; the "
                 f"measured pickup is one draw")
     except Exception as err:  # noqa: BLE001 - a note only
         results["notes"].append(f"could not read the backoff settings: {err}")
