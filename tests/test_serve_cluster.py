@@ -185,7 +185,9 @@ def test_serve_on_a_cluster_cameras_come_go_die_and_their_events_are_stored(medi
         assert records(out / "extra.detections.jsonl"), "extra's outputs were written and finalized"
         wait_for(lambda: serve.camera("street")["processed"] > before["processed"] + 10, 30, "street's frames")
         after = serve.camera("street")
-        assert after["state"] == "up" and after["reconnects"] == before["reconnects"] == 0, (before, after)
+        # the add and the remove did not disturb street (an earlier reconnect of a loaded CI machine is not theirs)
+        assert after["state"] == "up" and after["reconnects"] == before["reconnects"], (before, after)
+        assert after["since"] == before["since"], (before, after)
 
         # -- the live view: the actor's annotated JPEGs
         jpegs = mjpeg_frames(serve.url + "cameras/street/live.mjpg", 2)
