@@ -541,3 +541,31 @@ def test_latest_jpeg_polls_keep_encoding_only_for_their_lease(served):
         first = service.latest_jpeg("a")[0]
         time.sleep(1.0)
         assert service.latest_jpeg("a")[0] == first  # no poller, no encoding
+
+
+def test_a_cameras_zones_change_through_the_api_and_only_it_restarts(served, camera_server):
+    """PUT changes a camera's zones: a bad change is refused with the camera untouched; a good one restarts only
+    that camera, whose outputs go on (frame indices continue) and whose zone counts start a file of the new
+    columns (the old one kept); the other camera is not disturbed."""
+    service, server, client, out = served
+    client.json("POST", "/api/cameras", {"id": "p", "url": camera_server.url("/x")}, expect=201)
+    wait_for(lambda: service.camera("p")["processed"] > 5, 30, "camera p frames")
+    a_before, p_before = service.camera("a"), service.camera("p")
+    assert "polygon" in client.error("PUT", "/api/cameras/p", {"zones": [{"name": "half"}]}, expect=400)
+    assert "cannot change" in client.error("PUT", "/api/cameras/p", {"id": "q"}, expect=400)
+    client.error("PUT", "/api/cameras/nope", {"zones": []}, expect=404)
+    assert service.camera("p")["since"] == p_before["since"]  # refused changes stopped nothing
+    left = {"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}
+    changed = client.json("PUT", "/api/cameras/p", {"zones": [left]})
+    assert changed["id"] == "p" and changed["url"] == f"rtsp://***@127.0.0.1:{camera_server.port}/x"
+    wait_for(lambda: service.camera("p")["processed"] > 5, 30, "camera p frames after the change")
+    time.sleep(0.5)
+    client.request("DELETE", "/api/cameras/p")
+    frames = [r["frame"] for r in frames_of(out / "p.detections.jsonl")]
+    assert all(b > a for a, b in zip(frames, frames[1:]))  # one file, indices continue across the restart
+    assert (out / "p.zone_counts.csv").read_text().splitlines()[0].startswith("frame,time,left:")
+    earlier = list(out.glob("p.zone_counts.until-*.csv"))
+    assert len(earlier) == 1 and "right:" in earlier[0].read_text().splitlines()[0]
+    a_after = service.camera("a")
+    assert a_after["state"] == "up" and a_after["reconnects"] == a_before["reconnects"]
+    assert a_after["since"] == a_before["since"]

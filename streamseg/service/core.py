@@ -172,6 +172,25 @@ class CameraService:
         log.info("camera_removed id=%s", camera_id)
         self._publish("state", {**self._describe(camera), "state": "removed", "since": time.time()})
 
+    def update_camera(self, camera_id: str, changes: dict) -> dict:
+        """Change a camera (``changes``: any of ``url``, ``zones``, ``lines``; ``zones``/``lines`` None: the shared
+        ones again): checked first, so a bad change leaves it running as it was; then only this camera restarts
+        (its outputs go on). KeyError if unknown."""
+        with self._lock:
+            camera = self._cameras[camera_id]
+        if not isinstance(changes, dict):
+            raise ConfigError("camera: a change is a table with url, zones or lines")
+        if changes.get("id", camera_id) != camera_id:
+            raise ConfigError(f"camera: the id of camera {camera_id!r} cannot change (remove it and add another)")
+        table = {"url": changes.get("url", camera.spec.url), "id": camera_id}
+        table.update({key: value for key, value in changes.items() if key not in ("url", "id") and value is not None})
+        spec = build_camera_spec(table, "camera")
+        kept = {key: getattr(camera.spec, key) for key in ("zones", "lines") if key not in changes}
+        spec = dataclasses.replace(spec, **kept)
+        config_for_camera(self.config, spec)  # a bad change is refused before anything stops
+        self.remove_camera(camera_id)
+        return self.add_camera(spec, from_file=camera.from_file)
+
     def reload(self, config: PipelineConfig) -> dict:
         """Apply an edited pipeline file's cameras: new ones start, gone ones stop, changed ones (URL, zones,
         lines, or the shared [events] they use) restart; the rest run on. Other sections need a restart of the

@@ -7,6 +7,7 @@ Routes (``/serve_spec.md``):
 ``GET /``                           the page (``static/index.html``, plain HTML and JavaScript, nothing from outside)
 ``GET /api/cameras``                ``{"cameras": [...]}``
 ``POST /api/cameras``               body: one ``[[sources]]`` table as JSON -> 201 camera; 400 bad spec; 409 id taken
+``PUT /api/cameras/<id>``           body: any of url, zones, lines -> 200 camera (only it restarts); 400; 404
 ``DELETE /api/cameras/<id>``        204; 404 unknown
 ``GET /api/events``                 ``?camera=&kind=&since=&until=&limit=`` -> ``{"events": [...]}`` (event store)
 ``GET /api/events/stream``          server-sent events: ``event: event`` / ``event: state``, a comment ping every 15 s
@@ -292,6 +293,26 @@ async def add_camera(request: web.Request) -> web.Response:
     return _json(camera, status=201)
 
 
+async def update_camera(request: web.Request) -> web.Response:
+    """Change a camera's url, zones or lines (the others are kept); only that camera restarts."""
+    camera_id = request.match_info["id"]
+    try:
+        changes = await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError):
+        changes = None
+    if not isinstance(changes, dict):
+        return error(400, "the body must be a JSON object: {\"zones\": [...], \"lines\": [...], \"url\": ...}")
+    try:
+        camera = await _call(request.app[_SERVICE].update_camera, camera_id, changes)
+    except KeyError:
+        return error(404, f"unknown camera: {camera_id}")
+    except ConfigError as err:
+        return error(400, err)
+    except StreamsegError as err:  # the service is stopping
+        return error(503, err)
+    return _json(camera)
+
+
 async def remove_camera(request: web.Request) -> web.Response:
     camera_id = request.match_info["id"]
     try:
@@ -477,6 +498,7 @@ def build_app(service, token: str | None = None, *, ping_interval: float = PING_
     app.router.add_get("/api/cameras", list_cameras)
     app.router.add_post("/api/cameras", add_camera)
     app.router.add_get("/api/cameras/{id}", get_camera)
+    app.router.add_put("/api/cameras/{id}", update_camera)
     app.router.add_delete("/api/cameras/{id}", remove_camera)
     app.router.add_get("/api/events", list_events)
     app.router.add_get("/api/events/stream", events_stream)

@@ -12,7 +12,10 @@ disk: up to the last row that fit).
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -21,22 +24,32 @@ from streamseg.types import FrameResult, SourceInfo
 
 __all__ = ["ZoneCountsCsvSink"]
 
+log = logging.getLogger(__name__)
+
 
 class ZoneCountsCsvSink(Sink):
     """Writes ``FrameResult.occupancy`` of every frame. ``zones``: zone name -> the class names it counts (the
-    columns, in order). ``append``: an existing file is continued (its header is kept; see
-    :class:`~streamseg.sinks.base.LineFile`)."""
+    columns, in order). ``append``: an existing file is continued (see :class:`~streamseg.sinks.base.LineFile`)
+    when its header is this one; a file of other zones (a camera whose zones were changed) is kept as
+    ``<name>.until-<UTC time>.csv`` and a new one started, so no file mixes two column sets."""
 
     def __init__(self, path: str | os.PathLike, info: SourceInfo, zones: Mapping[str, Sequence[str]], *,
                  append: bool | None = None):
         self.path = Path(path)
         self.info = info
         self.zones = {str(name): tuple(classes) for name, classes in zones.items()}
-        self._file = LineFile(self.path, append)
-        self._csv = csv.writer(self._file, lineterminator="\n")
         header = ["frame", "time"]
         for name, classes in self.zones.items():
             header += [f"{name}:{c}" for c in classes] + [f"{name}:total"]
+        self._file = LineFile(self.path, append)
+        if self._file.start and _first_line(self.path) != _csv_line(header):
+            self._file.close()
+            earlier = self.path.with_name(f"{self.path.stem}.until-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+                                          f"{self.path.suffix}")
+            os.replace(self.path, earlier)
+            log.info("%s: other zones than its header's: kept as %s, a new file started", self.path, earlier.name)
+            self._file = LineFile(self.path, False)
+        self._csv = csv.writer(self._file, lineterminator="\n")
         if self._file.start == 0:
             self._csv.writerow(header)
         self.rows_written = 0
@@ -55,3 +68,14 @@ class ZoneCountsCsvSink(Sink):
 
     def close(self) -> None:
         self._file.close()
+
+
+def _csv_line(row: list) -> str:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerow(row)
+    return text.getvalue().rstrip("\n")
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="utf-8", errors="replace") as file:
+        return file.readline().rstrip("\n")
