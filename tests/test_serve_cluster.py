@@ -1,4 +1,4 @@
-"""``streamseg serve --cluster local:1`` as a user runs it (streamseg.cluster.cameras.ClusterCameras): the command in
+"""``streamseg serve --cluster local:1`` as a user runs it (cluster.camera_service): the command in
 its own process on a private Ray cluster, every camera in a camera actor, real RTSP cameras with credentials
 (tests/rtsp_server.py), the demo model on a generated street scene with the camera's own zone and line.
 

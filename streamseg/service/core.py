@@ -2,7 +2,7 @@
 
 :class:`CameraService` drives a camera engine, which runs the cameras (every camera retried forever, until
 :meth:`CameraService.stop`): :class:`~streamseg.service.local.LocalCameras` in this process, or with ``[cluster]
-address`` each camera in a Ray actor (:class:`streamseg.cluster.cameras.ClusterCameras`). It keeps what the HTTP
+address`` each camera in a Ray actor (:class:`streamseg.cluster.camera_service.ClusterCameras`). It keeps what the HTTP
 layer (:mod:`streamseg.service.http`) shows: each camera's state (``connecting`` until its first connection, then
 ``up`` or ``down``, with the time it changed), its rates, the newest annotated JPEG while someone watches, and a
 feed of events and state changes for subscribers (server-sent events). Events are also in the run's event store
@@ -67,7 +67,7 @@ class CameraService:
     def __init__(self, config: PipelineConfig, backend=None, *, engine=None,
                  on_url: Callable[[str], None] | None = None):
         """``engine``: a camera engine built by the caller (default: :class:`LocalCameras`, or with ``[cluster]
-        address`` :class:`streamseg.cluster.cameras.ClusterCameras`); ``backend``: the local engine's model;
+        address`` :class:`streamseg.cluster.camera_service.ClusterCameras`); ``backend``: the local engine's model;
         ``on_url``: called with each camera's URL before it starts (the command line's log filter learns its
         credentials)."""
         self.on_url = on_url
@@ -84,7 +84,7 @@ class CameraService:
             self._cameras[camera_id] = _Camera(spec, camera_id, config_for_camera(config, spec), from_file=True)
         self._subscribers: list[Callable[[str, dict], None]] = []
         if engine is None and config.cluster.address is not None:
-            from streamseg.cluster.cameras import ClusterCameras  # Ray: only for --cluster
+            from streamseg.cluster.camera_service import ClusterCameras  # Ray: only for --cluster
 
             engine = ClusterCameras(config, on_event=self._on_event, on_state=self._on_state)
         self.engine = engine if engine is not None else \

@@ -2,7 +2,7 @@
 thread of its own (one model for every camera; cameras retried forever; added and removed while the others run).
 
 A camera engine is what :class:`~streamseg.service.core.CameraService` drives; the other one runs each camera in a
-Ray actor (:class:`streamseg.cluster.cameras.ClusterCameras`). Both report through two callbacks given at
+Ray actor (:class:`streamseg.cluster.camera_service.ClusterCameras`). Both report through two callbacks given at
 construction, from their own threads: ``on_event(camera_id, record)`` (a ``streamseg.events/1`` record) and
 ``on_state(camera_id, state, since)`` (``up`` / ``down``), and both write the cameras' outputs, event store and MQTT
 as a live ``streamseg run`` does.
