@@ -80,7 +80,7 @@ class CameraService:
         self._lock = threading.Lock()
         self._cameras: dict[str, _Camera] = {}
         for spec in specs:
-            camera_id = self._free_id(spec)
+            camera_id = _free_id(spec, self._cameras)
             self._cameras[camera_id] = _Camera(spec, camera_id, config_for_camera(config, spec), from_file=True)
         self._subscribers: list[Callable[[str, dict], None]] = []
         if engine is None and config.cluster.address is not None:
@@ -205,7 +205,7 @@ class CameraService:
         for spec in camera_specs(config):
             if not is_live_input(spec.url):
                 raise ConfigError(f"reload: {redact_url(spec.url)!r} is not a camera")
-            camera_id = spec.id or live_source_id(spec.url)
+            camera_id = _free_id(spec, wanted)  # as at start: two URLs named alike are cam, cam-2
             wanted[camera_id] = (spec, config_for_camera(dataclasses.replace(self.config, events=config.events),
                                                          spec))
         with self._lock:
@@ -230,14 +230,6 @@ class CameraService:
         log.info("reload: added %s, removed %s, restarted %s", added or "none", removed or "none",
                  restarted or "none")
         return {"added": added, "removed": removed, "restarted": restarted}
-
-    def _free_id(self, spec: CameraSpec) -> str:
-        base = spec.id or live_source_id(spec.url)
-        candidate, n = base, 1
-        while candidate in self._cameras:
-            n += 1
-            candidate = f"{base}-{n}"
-        return candidate
 
     # -- events, state, pictures -------------------------------------------------------------------------------
 
@@ -327,6 +319,16 @@ class CameraService:
         ok = self.running
         return ok, {"cameras": {c["id"]: {"state": c["state"], "since": c["since"], "fps": c["fps"]}
                                 for c in cameras}}
+
+
+def _free_id(spec: CameraSpec, taken) -> str:
+    """The camera's id: its own, or from its URL, with ``-2``, ``-3``... while ``taken`` has it."""
+    base = spec.id or live_source_id(spec.url)
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
 
 
 def _glob_safe(text: str) -> str:
