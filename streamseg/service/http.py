@@ -1,7 +1,7 @@
 """The HTTP side of ``streamseg serve`` (aiohttp, one port): the page, the JSON API, server-sent events, MJPEG
 live views, event clips, ``/metrics`` and ``/healthz``, all over a :class:`~streamseg.service.core.CameraService`.
 
-Routes (``/serve_spec.md``):
+Routes (README "Camera service"):
 
 ==================================  ==================================================================================
 ``GET /``                           the page (``static/index.html``, plain HTML and JavaScript, nothing from outside)
