@@ -313,10 +313,11 @@ def test_camera_actor_killed_and_node_removed_each_camera_back_within_10s(cluste
         before = last_frame(cam["cam_b"])
         timings["node removed"] = wait_for(lambda: last_frame(cam["cam_b"]) > before, 10,
                                            f"cam_b back after its node was removed\n{driver.output()}")
-        wait_for(lambda: len(frames_of(cam["cam_b"])) > 0 and last_frame(cam["cam_b"]) > before + 10, 10,
-                 "cam_b going on")
-        # cam_a too (its restarted actor shares two cores with a node that joined and one that left: give it time)
-        wait_for(lambda: len(frames_of(cam["cam_a"])) > len(kept["cam_a"]) + 3, 20, "cam_a going on")
+        # both go on: counted in written frames, as asserted below (a live camera drops frames under load, so its
+        # frame numbers run ahead of its count); the restarted actors share two cores with a node that joined and
+        # one that left: give them time
+        for name in ("cam_b", "cam_a"):
+            wait_for(lambda: len(frames_of(cam[name])) > len(kept[name]) + 3, 20, f"{name} going on")
         health = driver.health(port)
         code, log = driver.interrupt()
     print(timings)
