@@ -427,9 +427,11 @@ async def _serve(config, token: str | None, reread, hide) -> int:
             return
         log.info("reloaded: %s", ", ".join(f"{k} {', '.join(v) or 'none'}" for k, v in changes.items()))
 
+    server = serve_http(service, config.serve.host, config.serve.port, token)
+    server.bind()  # a port in use is one error line before any camera starts or any output is touched
     try:
         await loop.run_in_executor(None, service.start)
-        async with serve_http(service, config.serve.host, config.serve.port, token):
+        async with server:
             loop.add_signal_handler(signal.SIGINT, stopping.set)
             loop.add_signal_handler(signal.SIGTERM, stopping.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
@@ -438,6 +440,7 @@ async def _serve(config, token: str | None, reread, hide) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        await server.stop()  # the port, also when the cameras did not start
         await loop.run_in_executor(None, service.stop)
     return 0
 

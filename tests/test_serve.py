@@ -209,15 +209,38 @@ def test_bad_configurations_are_one_line_and_exit_1(tmp_path):
         errors = [line for line in done.stderr.splitlines() if line.startswith("streamseg: error:")]
         assert len(errors) == 1 and expected in errors[0], (name, done.stderr[-2000:])
         assert "Traceback" not in done.stderr, name
-    with socket.socket() as taken:  # the port is in use: one line too, and the cameras are stopped again
+    with socket.socket() as taken:  # the port is in use: one line too, before any camera starts or writes
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         path = tmp_path / "taken.toml"
         path.write_text(f'output_dir = "{out}"\nbackend = "none"\n[serve]\nport = {taken.getsockname()[1]}\n'
-                        f'[[sources]]\nurl = "rtsp://127.0.0.1:{free_port()}/x"\n')
+                        f'[[sources]]\nid = "x"\nurl = "rtsp://127.0.0.1:{free_port()}/x"\n')
         done = subprocess.run([sys.executable, "-m", "streamseg", "serve", "--pipeline", str(path)],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 1 and "cannot listen on" in done.stderr and "Traceback" not in done.stderr
+        assert not list(out.glob("x.*")) and "stream_" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_second_service_on_the_same_output_folder_is_refused(tmp_path):
+    """Both would resume the same cameras' files and interleave their lines: the second exits 1 with one line,
+    the first runs on untouched; once it ends, the folder is free again."""
+    out = tmp_path / "out"
+    camera = {"id": "door", "url": f"rtsp://127.0.0.1:{free_port()}/door"}  # never up: the service retries it
+    first = Serve(write_pipeline(tmp_path / "first.toml", out, [camera]), tmp_path / "first.log")
+    try:
+        done = subprocess.run([sys.executable, "-m", "streamseg", "serve", "--pipeline",
+                               str(write_pipeline(tmp_path / "second.toml", out, [camera]))],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("streamseg: error:")]
+        assert len(errors) == 1 and f"another running streamseg serve (pid {first.process.pid})" in errors[0], \
+            done.stderr[-2000:]
+        assert "door" not in done.stderr.replace(str(tmp_path), "")  # no camera of the second one started
+        assert first.process.poll() is None and first.camera("door")["state"] == "down"
+    finally:
+        assert first.stop() == 0, first.log.read_text()[-3000:]
+    again = Serve(write_pipeline(tmp_path / "again.toml", out, [camera]), tmp_path / "again.log")
+    assert again.stop() == 0, again.log.read_text()[-3000:]
 
 
 def test_camera_tables_give_ids_and_their_own_rules():

@@ -18,7 +18,9 @@ Camera URLs keep their credentials inside the runner; everything this module han
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -90,14 +92,20 @@ class CameraService:
         self.engine = engine if engine is not None else \
             LocalCameras(config, backend, on_event=self._on_event, on_state=self._on_state)
         self._started = self._stopped = False
+        self._output_claim = None
 
     # -- lifetime ------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start every camera (each connects in the background); returns once the engine runs."""
+        self._output_claim = _claim_output_dir(Path(self.config.output_dir))
         with self._lock:
             cameras = [camera.plan() for camera in self._cameras.values()]
-        self.engine.start(cameras)
+        try:
+            self.engine.start(cameras)
+        except BaseException:
+            self._output_claim.close()
+            raise
         self._started = True
 
     def stop(self) -> None:
@@ -106,7 +114,11 @@ class CameraService:
             if self._stopped:
                 return
             self._stopped = True
-        self.engine.stop()
+        try:
+            self.engine.stop()
+        finally:
+            if self._output_claim is not None:
+                self._output_claim.close()  # the lock goes with the file
 
     def __enter__(self) -> "CameraService":
         self.start()
@@ -319,6 +331,28 @@ class CameraService:
         ok = self.running
         return ok, {"cameras": {c["id"]: {"state": c["state"], "since": c["since"], "fps": c["fps"]}
                                 for c in cameras}}
+
+
+def _claim_output_dir(folder: Path):
+    """The open lock file of ``folder``, locked for this service until it is closed: a second service on the same
+    folder would resume the same cameras' files and interleave its lines with ours. A ConfigError names the holder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / ".serve.lock", "a+")
+    except OSError as err:
+        raise StreamsegError(f"serve: cannot use the output folder {folder}: {err.strerror or err}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise ConfigError(f"serve: {folder} is the output folder of another running streamseg serve (pid {holder}); "
+                          "give this one its own (-o or output_dir)") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _free_id(spec: CameraSpec, taken) -> str:

@@ -41,6 +41,7 @@ import ipaddress
 import json
 import logging
 import math
+import socket
 import time
 from collections import deque
 from pathlib import Path
@@ -513,8 +514,10 @@ def build_app(service, token: str | None = None, *, ping_interval: float = PING_
 
 
 class serve_http:  # noqa: N801 - used like a function: ``async with serve_http(...) as server``
-    """The app on ``host:port`` (0: any free port) in the running event loop. ``await start()`` returns the URL and
-    logs ``serving on <url>``; ``await stop()`` ends open streams and closes the port. Also an async context.
+    """The app on ``host:port`` (0: any free port) in the running event loop. ``bind()`` takes the port (a port in
+    use fails there, before the caller starts its cameras); ``await start()`` binds if that was not done, serves,
+    returns the URL and logs ``serving on <url>``; ``await stop()`` ends open streams and closes the port. Also an
+    async context.
 
     A host that is not loopback without a token is a one-line :class:`~streamseg.errors.ConfigError`."""
 
@@ -525,24 +528,37 @@ class serve_http:  # noqa: N801 - used like a function: ``async with serve_http(
         self.service, self.host, self.port, self.token = service, host, port, token
         self.app_options = app_options
         self.runner: web.AppRunner | None = None
+        self.socket: socket.socket | None = None
         self.url: str | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         """The event loop it serves in (set by :meth:`start`)."""
 
+    def bind(self) -> None:
+        """Take the port (listening, nothing answered until :meth:`start`); a ConfigError if that fails."""
+        if self.socket is not None:
+            return
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+            listener = socket.socket(family, kind, proto)
+        except OSError as err:
+            raise ConfigError(f"serve: cannot listen on {self.host}:{self.port}: {err.strerror or err}") from None
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart within TIME_WAIT
+            listener.bind(address)
+            listener.listen(128)
+        except OSError as err:
+            listener.close()
+            raise ConfigError(f"serve: cannot listen on {self.host}:{self.port}: {err.strerror or err}") from None
+        self.socket = listener
+
     async def start(self) -> str:
+        self.bind()
         self.loop = asyncio.get_running_loop()
         self.runner = web.AppRunner(build_app(self.service, self.token, **self.app_options), access_log=None,
                                     shutdown_timeout=5.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError as err:
-            await self.runner.cleanup()
-            self.runner = None
-            raise ConfigError(f"serve: cannot listen on {self.host}:{self.port}: "
-                              f"{err.strerror or err}") from None
-        port = self.runner.addresses[0][1]
+        await web.SockSite(self.runner, self.socket).start()
+        port = self.socket.getsockname()[1]
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.port, self.url = port, f"http://{host}:{port}/"
         log.info("serving on %s", self.url)
@@ -552,6 +568,9 @@ class serve_http:  # noqa: N801 - used like a function: ``async with serve_http(
         if self.runner is not None:
             runner, self.runner = self.runner, None
             await runner.cleanup()
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
 
     async def __aenter__(self) -> "serve_http":
         await self.start()
