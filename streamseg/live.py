@@ -44,13 +44,13 @@ from types import MappingProxyType
 from typing import Callable, Iterator, Mapping, Sequence
 
 from streamseg.config import PipelineConfig
-from streamseg.errors import ConfigError, SourceError, StreamsegError
+from streamseg.errors import ConfigError, OutputError, SourceError, StreamsegError
 from streamseg.graph import GraphReport, Node, Pipeline
 from streamseg.graph.exporter import LiveMetrics, MetricsServer, StreamSample
 from streamseg.models import Backend
 from streamseg.pipeline import detect_every
 from streamseg.redact import redact
-from streamseg.sinks.base import appending, last_line
+from streamseg.sinks.base import LineFile, appending, last_line
 from streamseg.sinks.mqtt import publish_state
 from streamseg.sinks.recording import EventClipper, SegmentRecorder
 from streamseg.sources import LiveSource, Reconnect, StreamStatus, live_source_id
@@ -81,7 +81,8 @@ class StreamRun:
     """Tracker, event rules and outputs (:mod:`streamseg.stream`), built once the stream is up."""
     clipper: EventClipper | None = None
     size: tuple[int, int] | None = None
-    status_file: object = None
+    status_file: LineFile | None = None
+    """``<id>.streams.jsonl``; None once it failed (a full disk): the states still change, only unwritten."""
     ready: bool = False
     """Outputs built: the model takes this stream's frames (a camera that was down at start is not ready yet)."""
     gave_up: bool = False
@@ -290,7 +291,8 @@ class LiveRunner(ModelRunner):
                 taps.append(clipper)
                 stack.callback(clipper.close)
             status_path = out_dir / f"{sid}.streams.jsonl"
-            status_file = stack.enter_context(open(status_path, "a", encoding="utf-8"))
+            status_file = LineFile(status_path, append=True)
+            stack.callback(status_file.close)
             attempts = 1 if self.keep_running else live.connect_attempts  # always on: the connector loops
             source = LiveSource(
                 uri, source_id=sid, transport=live.transport, connect_timeout=live.connect_timeout,
@@ -524,8 +526,12 @@ class LiveRunner(ModelRunner):
             stream.statuses.append(status)
             if len(stream.statuses) > 1000:
                 del stream.statuses[:500]
-            stream.status_file.write(json.dumps(status.record()) + "\n")
-            stream.status_file.flush()
+            if stream.status_file is not None:
+                try:
+                    stream.status_file.write(json.dumps(status.record()) + "\n")
+                except OutputError as err:  # a camera's state must follow it even when its log cannot
+                    stream.status_file = None
+                    log.error("output_failed source=%s error=%s (the other outputs go on)", stream.source_id, err)
             if stream.processor is not None and status.kind in ("stream_up", "stream_down"):
                 stream.processor.stream_state(status.kind == "stream_up")  # MQTT's retained state follows
             elif stream.processor is None and status.kind != "stream_up" and self.config.mqtt.enabled \

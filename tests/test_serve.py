@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from live_server import RtspServer, free_port, gstreamer_missing, make_clip
+from test_output_failures import fill, small_disk  # noqa: F401 - small_disk: a fixture
 from streamseg.config import build_config, camera_specs, config_for_camera
 from streamseg.errors import ConfigError
 
@@ -241,6 +242,18 @@ def test_a_second_service_on_the_same_output_folder_is_refused(tmp_path):
         assert first.stop() == 0, first.log.read_text()[-3000:]
     again = Serve(write_pipeline(tmp_path / "again.toml", out, [camera]), tmp_path / "again.log")
     assert again.stop() == 0, again.log.read_text()[-3000:]
+
+
+def test_serve_starts_on_a_full_disk_and_says_so_in_one_line(tmp_path, small_disk):
+    """An always-on service runs on when its disk is full (the page, the API and MQTT still work; each output
+    says once that it failed), from the start too: its output-folder lock must not need a free byte."""
+    fill(small_disk, leave=0)
+    camera = {"id": "door", "url": f"rtsp://127.0.0.1:{free_port()}/door"}
+    service = Serve(write_pipeline(tmp_path / "full.toml", small_disk / "out", [camera]), tmp_path / "serve.log")
+    service.wait_state("door", "down", 30)  # the API answers; the camera is retried
+    assert service.stop() == 0
+    log = service.log.read_text()
+    assert "Traceback" not in log and "serve_lock_pid_unwritten" in log, log[-3000:]
 
 
 def test_camera_tables_give_ids_and_their_own_rules():

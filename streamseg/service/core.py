@@ -338,20 +338,22 @@ def _claim_output_dir(folder: Path):
     folder would resume the same cameras' files and interleave its lines with ours. A ConfigError names the holder."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / ".serve.lock", "a+")
+        handle = open(folder / ".serve.lock", "a+b", buffering=0)  # unbuffered: closing never writes
     except OSError as err:
         raise StreamsegError(f"serve: cannot use the output folder {folder}: {err.strerror or err}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        holder = handle.read().strip() or "?"
+        holder = handle.read().decode(errors="replace").strip() or "?"
         handle.close()
         raise ConfigError(f"serve: {folder} is the output folder of another running streamseg serve (pid {holder}); "
                           "give this one its own (-o or output_dir)") from None
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+    try:  # the pid only names the holder in the other's error: a full disk must not stop the service here
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n".encode())
+    except OSError as err:
+        log.warning("serve_lock_pid_unwritten path=%s error=%s", folder / ".serve.lock", err.strerror or err)
     return handle
 
 
